@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 # firewall tools, and the distribution packages the roles manage, so molecule
 # converges without reaching a mirror.
 INCLUDE="python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,iptables,nftables,ipset,conntrack,procps,sudo,ca-certificates,openssh-server,openssh-client,ufw,tor,unbound,nginx,curl,netbase,cron,locales"
-RECIPE_HASH=$(sha256sum "$0" | cut -c1-16)
+# Bump RECIPE_VERSION when the steps below change in a way that alters the image.
+RECIPE_VERSION=1
+RECIPE_HASH=$(printf '%s %s' "$RECIPE_VERSION" "$INCLUDE" | sha256sum | cut -c1-16)
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 cleanup() {
