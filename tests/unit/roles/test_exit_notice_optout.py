@@ -1,0 +1,306 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Token, address and request logic of the exit notice's opt-out service."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import ipaddress
+import os
+import subprocess
+from urllib.parse import urlencode
+
+import pytest
+
+APP_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "exit_notice", "files",
+                        "exit_notice_optout.py")
+_spec = importlib.util.spec_from_file_location("exit_notice_optout", APP_PATH)
+optout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(optout)
+
+SECRET = b"k" * 32
+NONCE = "n" * 32
+NOW = 1_700_000_123.0
+
+
+# --- addresses ---------------------------------------------------------------
+
+@pytest.mark.parametrize("addr, v4, v6, expected", [
+    ("198.18.77.1", 32, 128, "198.18.77.1/32"),
+    ("198.18.77.1", 24, 128, "198.18.77.0/24"),
+    (" 203.0.113.9 ", 24, 64, "203.0.113.0/24"),
+    ("2001:db8:1:2:3:4:5:6", 32, 128, "2001:db8:1:2:3:4:5:6/128"),
+    ("2001:db8:1:2:3:4:5:6", 32, 64, "2001:db8:1:2::/64"),
+    ("::ffff:198.18.77.1", 24, 64, "198.18.77.0/24"),  # v4-mapped counts as IPv4
+])
+def test_visitor_network(addr, v4, v6, expected):
+    assert optout.visitor_network(addr, v4, v6) == ipaddress.ip_network(expected)
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "::1", "0.0.0.0", "::", "224.0.0.1", "ff02::1",
+                                  "169.254.1.1", "fe80::1", "", "not-an-address", "198.18.0.0/24",
+                                  "::ffff:127.0.0.1"])
+def test_visitor_network_refuses(addr):
+    with pytest.raises(ValueError):
+        optout.visitor_network(addr, 24, 64)
+
+
+def test_visitor_network_refuses_odd_prefix():
+    with pytest.raises(ValueError, match="prefix length 16"):
+        optout.visitor_network("198.18.77.1", 16, 128)
+
+
+def test_visitor_network_honours_never_list():
+    never = [ipaddress.ip_network("198.18.77.128/25"), ipaddress.ip_network("2001:db8::/32")]
+    assert str(optout.visitor_network("198.18.77.1", 32, 128, never)) == "198.18.77.1/32"
+    with pytest.raises(ValueError, match="protected"):
+        optout.visitor_network("198.18.77.1", 24, 128, never)  # the /24 covers the /25
+    with pytest.raises(ValueError, match="protected"):
+        optout.visitor_network("2001:db8::5", 32, 128, never)
+
+
+# --- tokens --------------------------------------------------------------------
+
+def test_token_round_trip_and_windows():
+    token = optout.make_token(SECRET, NONCE, NOW)
+    assert optout.check_token(SECRET, NONCE, token, NOW)
+    assert optout.check_token(SECRET, NONCE, token, NOW + optout.WINDOW)  # next window still fine
+    assert not optout.check_token(SECRET, NONCE, token, NOW + 2 * optout.WINDOW)  # expired
+    assert not optout.check_token(SECRET, NONCE, token, NOW - optout.WINDOW)  # from the future
+
+
+def test_token_bound_to_secret_and_nonce():
+    token = optout.make_token(SECRET, NONCE, NOW)
+    assert not optout.check_token(b"x" * 32, NONCE, token, NOW)
+    assert not optout.check_token(SECRET, "m" * 32, token, NOW)
+    assert not optout.check_token(SECRET, None, token, NOW)
+    assert not optout.check_token(SECRET, "short", optout.make_token(SECRET, "short", NOW), NOW)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda t: "", lambda t: t[:-1], lambda t: t + "0", lambda t: t.upper(),
+    lambda t: f"{int(t.split('.')[0]) + 1}.{t.split('.')[1]}",  # window moved, same mac
+    lambda t: t.replace(".", ":"),
+])
+def test_token_tampering(mangle):
+    token = optout.make_token(SECRET, NONCE, NOW)
+    assert not optout.check_token(SECRET, NONCE, mangle(token), NOW)
+
+
+def test_origin_check():
+    expected = {"HTTP_X_NOTICE_ORIGIN": "https://exit.example"}
+    assert optout.origin_allowed(dict(expected, HTTP_ORIGIN="https://exit.example"))
+    assert not optout.origin_allowed(dict(expected, HTTP_ORIGIN="http://exit.example"))
+    assert not optout.origin_allowed(dict(expected, HTTP_ORIGIN="https://evil.example"))
+    assert not optout.origin_allowed(dict(expected, HTTP_ORIGIN="null"))
+    assert not optout.origin_allowed({"HTTP_ORIGIN": "https://exit.example"})  # nginx gave no origin
+    assert not optout.origin_allowed(dict(expected, HTTP_SEC_FETCH_SITE="cross-site"))
+    assert optout.origin_allowed(dict(expected))  # not a browser: token and cookie decide
+
+
+@pytest.mark.parametrize("seconds, lang, text", [
+    (86400, "en", "24 hours"), (20, "en", "20 seconds"), (60, "en", "1 minute"),
+    (3600, "de", "1 Stunde"), (7 * 86400, "de", "7 Tage"), (90, "en", "90 seconds"),
+])
+def test_duration(seconds, lang, text):
+    assert optout.duration(seconds, lang) == text
+
+
+# --- the WSGI application, with a fake nft ----------------------------------
+
+class FakeNft:
+    """Stands in for subprocess.run: keeps the sets in a dict, records each call."""
+
+    def __init__(self, sets=("optout_v4", "optout_v6")):
+        self.sets = {name: {} for name in sets}
+        self.calls = []
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append(cmd)
+        verb, _obj, family, table, name = cmd[1:6]
+        ok = family == "inet" and table == "torexit_guard" and name in self.sets
+        if ok and verb == "add":
+            elem, _, timeout = cmd[6].strip("{} ").partition(" timeout ")
+            self.sets[name][elem] = timeout
+        elif ok and verb == "get":
+            ok = cmd[6].strip("{} ") in self.sets[name]
+        return subprocess.CompletedProcess(cmd, 0 if ok else 1, "", "" if ok else "No such file")
+
+
+def make_app(nft=None, **kwargs):
+    nft = nft or FakeNft()
+    kwargs.setdefault("clock", lambda: NOW)
+    app = optout.OptOutApp(optout.Guard(run=nft), SECRET, **kwargs)
+    return app, nft
+
+
+def call(app, method="GET", path="/optout/", body=b"", **headers):
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body), "HTTP_X_NOTICE_ORIGIN": "http://exit.example"}
+    environ.update(headers)
+    seen = {}
+
+    def start_response(status, response_headers):
+        seen["status"], seen["headers"] = status, response_headers
+
+    text = b"".join(app(environ, start_response)).decode()
+    return seen["status"], dict(seen["headers"]), text
+
+
+def get_form(app, addr="198.18.77.1", lang="en"):
+    status, headers, text = call(app, HTTP_X_REAL_IP=addr, HTTP_X_NOTICE_LANG=lang)
+    assert status == "200 OK", text
+    cookie = headers["Set-Cookie"].split(";")[0]
+    token = text.split('name="token" value="')[1].split('"')[0]
+    return cookie, token, text
+
+
+def post(app, cookie, token, addr="198.18.77.1", **headers):
+    body = urlencode({"token": token}).encode()
+    return call(app, "POST", body=body, HTTP_X_REAL_IP=addr, HTTP_COOKIE=cookie, **headers)
+
+
+def test_form_then_post_adds_own_prefix():
+    app, nft = make_app(prefix_v4=24, timeout=20)
+    cookie, token, text = get_form(app)
+    assert "198.18.77.0/24" in text and "20 seconds" in text
+    status, _, text = post(app, cookie, token, HTTP_ORIGIN="http://exit.example")
+    assert status == "200 OK", text
+    assert nft.sets["optout_v4"] == {"198.18.77.0/24": "20s"}
+    assert "198.18.77.0/24" in text
+
+
+def test_cookie_is_strict_and_secure_over_https():
+    app, _ = make_app()
+    _, headers, _ = call(app, HTTP_X_REAL_IP="198.18.77.1", HTTP_X_FORWARDED_PROTO="https")
+    cookie = headers["Set-Cookie"]
+    assert "SameSite=Strict" in cookie and "HttpOnly" in cookie and "Secure" in cookie
+    _, headers, _ = call(app, HTTP_X_REAL_IP="198.18.77.1")
+    assert "Secure" not in headers["Set-Cookie"]
+
+
+def test_german_form():
+    app, _ = make_app()
+    _, _, text = get_form(app, lang="de")
+    assert 'lang="de"' in text and "24 Stunden" in text
+
+
+def test_post_blocks_only_the_sender_address():
+    """The token is not tied to an address: what counts is X-Real-IP, never the form."""
+    app, nft = make_app()
+    cookie, token, _ = get_form(app, addr="198.18.77.1")
+    body = urlencode({"token": token, "addr": "203.0.113.5", "net": "0.0.0.0/0"}).encode()
+    status, _, _ = call(app, "POST", body=body, HTTP_X_REAL_IP="198.18.77.1", HTTP_COOKIE=cookie)
+    assert status == "200 OK"
+    assert list(nft.sets["optout_v4"]) == ["198.18.77.1/32"]
+
+
+@pytest.mark.parametrize("change", [
+    {"HTTP_ORIGIN": "https://evil.example"},
+    {"HTTP_ORIGIN": "null"},
+    {"HTTP_SEC_FETCH_SITE": "cross-site"},
+    {"HTTP_COOKIE": "exit_notice_optout=" + "z" * 32},  # someone else's cookie
+    {"HTTP_COOKIE": ""},
+])
+def test_post_refused_without_matching_origin_token_and_cookie(change):
+    app, nft = make_app()
+    cookie, token, _ = get_form(app)
+    headers = {"HTTP_COOKIE": cookie}
+    headers.update(change)
+    body = urlencode({"token": token}).encode()
+    status, _, text = call(app, "POST", body=body, HTTP_X_REAL_IP="198.18.77.1", **headers)
+    assert status == "403 Forbidden"
+    assert "expired" in text
+    assert nft.sets["optout_v4"] == {}
+
+
+def test_post_with_old_token_refused():
+    app, nft = make_app()
+    cookie, token, _ = get_form(app)
+    app.clock = lambda: NOW + 2 * optout.WINDOW
+    status, _, _ = post(app, cookie, token)
+    assert status == "403 Forbidden"
+    assert nft.sets["optout_v4"] == {}
+
+
+def test_missing_guard_gives_503():
+    app, nft = make_app(FakeNft(sets=()))
+    status, _, text = call(app, HTTP_X_REAL_IP="198.18.77.1")
+    assert status == "503 Service Unavailable"
+    assert "egress guard" in text
+    status, _, _ = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW))
+    assert status == "503 Service Unavailable"
+    assert not any(cmd[1] == "add" for cmd in nft.calls)
+
+
+def test_loopback_visitor_refused():
+    app, nft = make_app()
+    status, _, _ = call(app, HTTP_X_REAL_IP="127.0.0.1")
+    assert status == "400 Bad Request"
+    status, _, _ = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW),
+                        addr="127.0.0.1")
+    assert status == "400 Bad Request"
+    assert nft.calls == []
+
+
+def test_visitor_address_is_escaped():
+    app, _ = make_app()
+    status, _, text = call(app, HTTP_X_REAL_IP="<script>")
+    assert status == "400 Bad Request"
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_global_rate_limit():
+    app, nft = make_app(max_per_hour=2)
+    results = []
+    for last in (1, 2, 3):
+        addr = f"198.18.77.{last}"
+        cookie, token, _ = get_form(app, addr=addr)
+        results.append(post(app, cookie, token, addr=addr)[0])
+    assert results == ["200 OK", "200 OK", "429 Too Many Requests"]
+    assert len(nft.sets["optout_v4"]) == 2
+
+
+def test_repeat_is_reported_as_present():
+    app, nft = make_app()
+    nft.sets["optout_v4"]["198.18.77.1/32"] = "86400s"
+    original = nft.__call__
+
+    def refuse_duplicate(cmd, **kwargs):
+        if cmd[1] == "add":
+            nft.calls.append(cmd)
+            return subprocess.CompletedProcess(cmd, 1, "", "File exists")
+        return original(cmd, **kwargs)
+
+    app.guard.run = refuse_duplicate
+    cookie, token, _ = get_form(app)
+    status, _, text = post(app, cookie, token)
+    assert status == "200 OK" and "already in effect" in text
+
+
+def test_ban_visitor_endpoint_only_when_enabled():
+    app, nft = make_app()
+    assert call(app, path="/ban-visitor", HTTP_X_REAL_IP="198.18.77.1")[0] == "404 Not Found"
+    assert nft.sets["optout_v4"] == {}
+    app, nft = make_app(ban_visitors=True)
+    assert call(app, path="/ban-visitor", HTTP_X_REAL_IP="198.18.77.1")[0] == "204 No Content"
+    assert list(nft.sets["optout_v4"]) == ["198.18.77.1/32"]
+
+
+def test_other_methods_and_paths():
+    app, _ = make_app()
+    assert call(app, "PUT", HTTP_X_REAL_IP="198.18.77.1")[0] == "405 Method Not Allowed"
+    assert call(app, path="/etc/passwd")[0] == "404 Not Found"
+
+
+def test_arguments_refuse_non_loopback_listen():
+    with pytest.raises(SystemExit):
+        optout.parse_args(["--listen", "0.0.0.0:8099"])
+    args = optout.parse_args(["--listen", "127.0.0.1:8123", "--prefix-v4", "24", "--never", "198.18.0.0/15"])
+    assert (args.host, args.port, args.prefix_v4) == ("127.0.0.1", 8123, 24)
+    assert args.never == [ipaddress.ip_network("198.18.0.0/15")]
+
+
+def test_server_never_logs(capsys):
+    handler = optout.QuietHandler.__new__(optout.QuietHandler)
+    handler.log_message("%s", "198.18.77.1")
+    assert capsys.readouterr().err == ""
