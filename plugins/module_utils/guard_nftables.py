@@ -1,0 +1,328 @@
+# -*- coding: utf-8 -*-
+# Copyright: torexit.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""nftables backend of the egress guard.
+
+`render()` turns a policy (see guard_policy) into one ruleset file for the table
+`inet torexit_guard`; its `output` chain is the one place where the fate of a
+new outbound connection is decided. The file replaces the table atomically
+(`nft -f`), so other tables (ufw, iptables-nft, Docker) are never touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy import TABLE
+
+FAMILY = "inet"
+QUALIFIED = "%s %s" % (FAMILY, TABLE)
+
+VERDICTS = {
+    "tcp-reset": "reject with tcp reset",
+    "icmp-admin-prohibited": "reject with icmpx admin-prohibited",
+    "drop": "drop",
+}
+
+COUNTERS = [
+    ("guarded_new", "new outbound connections of the guarded user"),
+    ("allowed", "of those, to allow-listed addresses or known relays"),
+    ("blocked_deny", "refused: deny list"),
+    ("blocked_optout", "refused: opt-out from the exit notice"),
+    ("blocked_flood", "refused: destination banned for a flood"),
+    ("blocked_hscan", "refused: prefix and port banned for a horizontal scan"),
+    ("blocked_vscan", "refused: host banned for a vertical scan"),
+    ("detect_flood", "flood detections (bans started)"),
+    ("detect_hscan", "horizontal scan detections (bans started)"),
+    ("detect_vscan", "vertical scan detections (bans started)"),
+    ("seen_full", "first contacts not recorded because the seen set was full"),
+]
+
+FAMILIES = (
+    # (suffix, nft address expression, set type, host prefix length)
+    ("v4", "ip daddr", "ipv4_addr", 32),
+    ("v6", "ip6 daddr", "ipv6_addr", 128),
+)
+
+
+def _mask(version, length):
+    net = ipaddress.ip_network("%s/%d" % ("0.0.0.0" if version == "v4" else "::", length))
+    return str(net.netmask)
+
+
+def _rate(count, window):
+    """`count` per `window` seconds as an nft rate with an integer numerator."""
+    for unit, seconds in (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400)):
+        if (count * seconds) % window == 0:
+            return "%d/%s" % (count * seconds // window, unit)
+    return "%d/day" % -(-count * 86400 // window)
+
+
+def _limit(count, window):
+    return "limit rate over %s burst %d packets" % (_rate(count, window), count)
+
+
+def ban_sets(policy):
+    """Names, key types and key expressions of the ban sets (docs/guard-sets.md)."""
+    out = []
+    for fam, expr, typ, host in FAMILIES:
+        out.append(("ban_flood_%s_%d" % (fam, host), "%s . inet_service" % typ,
+                    "%s . tcp dport" % expr, "flood", policy["flood"]["ban_time"]))
+        out.append(("ban_vscan_%s_%d" % (fam, host), typ, expr, "vscan", policy["ban_time"]))
+        for length in policy["horizontal_scan"]["prefixes_" + fam]:
+            out.append(("ban_hscan_%s_%d" % (fam, length), "%s . inet_service" % typ,
+                        "%s & %s . tcp dport" % (expr, _mask(fam, length)), "hscan", policy["ban_time"]))
+    return out
+
+
+def _elements(items):
+    return " elements = { %s }" % ", ".join(items) if items else ""
+
+
+def render(policy, digest):
+    """The whole ruleset file. Loading it replaces the table in one transaction."""
+    p = policy
+    enforce = p["mode"] == "enforce"
+    verdict = VERDICTS[p["reject_with"]] if enforce else "return"
+    size = p["set_size"]
+    window = p["scan_window"]
+    fl, hs = p["flood"], p["horizontal_scan"]
+    tiers = (("strict", "tcp dport @strict_ports "), ("web", "tcp dport @web_ports "), ("default", ""))
+
+    L = []
+    add = L.append
+    add("#!/usr/sbin/nft -f")
+    add("# Managed by torexit.hardening.egress_guard: changes here are overwritten.")
+    add("# mode=%s profile=%s owner=%s reject_with=%s" % (p["mode"], p["profile"], p["owner"], p["reject_with"]))
+    add("# Replaces only the table %s; other tables are left alone." % QUALIFIED)
+    add("table %s {}" % QUALIFIED)
+    add("delete table %s" % QUALIFIED)
+    add("table %s {" % QUALIFIED)
+    add('\tcounter policy_id { comment "sha256:%s" }' % digest)
+    for name, comment in COUNTERS:
+        add('\tcounter %s { comment "%s" }' % (name, comment))
+    add("")
+    add("\t# Static lists")
+    add("\tset strict_ports { type inet_service;%s }" % _elements([str(x) for x in p["strict_ports"]]))
+    add("\tset web_ports { type inet_service;%s }" % _elements([str(x) for x in p["web_ports"]]))
+    for fam, _expr, typ, _host in FAMILIES:
+        nets = p["allow_" + fam]
+        add("\tset allow_%s { type %s; flags interval;%s }" % (fam, typ, _elements(nets)))
+        ver = 4 if fam == "v4" else 6
+        plain = [d["net"] for d in p["deny"] if d["version"] == ver and not d["ports"]]
+        ported = ["%s . %s" % (d["net"], "%d-%d" % d["ports"] if d["ports"][0] != d["ports"][1]
+                               else d["ports"][0])
+                  for d in p["deny"] if d["version"] == ver and d["ports"]]
+        add("\tset deny_%s { type %s; flags interval;%s }" % (fam, typ, _elements(plain)))
+        add("\tset deny_port_%s { type %s . inet_service; flags interval;%s }" % (fam, typ, _elements(ported)))
+        add("\tset relays_%s { type %s; size 65536; }" % (fam, typ))
+        add("\tset optout_%s { type %s; size 65536; flags interval, timeout; }" % (fam, typ))
+    add("")
+    add("\t# Detector state: short-lived, bounded, no payload; keys are destinations only")
+    for fam, _expr, typ, _host in FAMILIES:
+        dyn = "size %d; flags dynamic, timeout;" % size
+        add("\tset seen_%s { type %s . inet_service; %s timeout %ds; }" % (fam, typ, dyn, window))
+        add("\tset vscan_%s { type %s; %s timeout %ds; }" % (fam, typ, dyn, window))
+        for tier, _match in tiers:
+            for length in hs["prefixes_" + fam]:
+                add("\tset hscan_%s_%s_%d { type %s . inet_service; %s timeout %ds; }"
+                    % (tier, fam, length, typ, dyn, window))
+        add("\tset flood_conc_%s { type %s; size %d; flags dynamic; }" % (fam, typ, size))
+        add("\tset flood_rate_%s { type %s . inet_service; %s timeout 60s; }" % (fam, typ, dyn))
+    add("")
+    add("\t# Bans: keys are the banned prefix (and port); they expire by themselves")
+    for name, typ, _key, _det, ban_time in ban_sets(p):
+        add("\tset %s { type %s; size %d; flags dynamic, timeout; timeout %ds; }" % (name, typ, size, ban_time))
+    add("")
+
+    # The chain where every new outbound connection's fate is decided.
+    add("\tchain output {")
+    add("\t\ttype filter hook output priority filter; policy accept;")
+    add("\t\tmeta l4proto != tcp return")
+    add("\t\tct state != new return")
+    if p["owner"] != "any":
+        add('\t\tmeta skuid != "%s" return' % p["owner"])
+    add('\t\toifname "lo" return')
+    add("\t\tcounter name guarded_new")
+    for fam, expr, _typ, _host in FAMILIES:
+        add("\t\t%s @allow_%s counter name allowed return" % (expr, fam))
+        add("\t\t%s @relays_%s counter name allowed return" % (expr, fam))
+    for fam, expr, _typ, _host in FAMILIES:
+        add("\t\t%s @deny_%s counter name blocked_deny %s" % (expr, fam, verdict))
+        add("\t\t%s . tcp dport @deny_port_%s counter name blocked_deny %s" % (expr, fam, verdict))
+        add("\t\t%s @optout_%s counter name blocked_optout %s" % (expr, fam, verdict))
+    for name, _typ, key, det, _ban in ban_sets(p):
+        add("\t\t%s @%s counter name blocked_%s %s" % (key, name, det, verdict))
+    add("\t\tjump detect")
+    add("\t}")
+    add("")
+    add("\tchain detect {")
+    add("\t\t# flood: rate limit only while many connections to the address are open")
+    for fam, expr, _typ, _host in FAMILIES:
+        add("\t\tadd @flood_conc_%s { %s ct count over %d } update @flood_rate_%s { %s . tcp dport "
+            "limit rate over %d/second burst %d packets } goto flood_hit_%s"
+            % (fam, expr, fl["concurrent"], fam, expr, fl["rate"], fl["burst"], fam))
+    add("\t\t# scans count first contacts of a host and port only")
+    for fam, expr, _typ, _host in FAMILIES:
+        add("\t\t%s . tcp dport @seen_%s return" % (expr, fam))
+    for fam, expr, _typ, _host in FAMILIES:
+        add("\t\tadd @seen_%s { %s . tcp dport } goto scan_%s" % (fam, expr, fam))
+    add("\t\t# reached only when a seen set is full: keep counting strict ports")
+    add("\t\tcounter name seen_full")
+    for fam, _expr, _typ, _host in FAMILIES:
+        add("\t\tmeta nfproto ipv%s tcp dport @strict_ports goto scan_%s" % (fam[1], fam))
+    add("\t}")
+    for fam, expr, _typ, host in FAMILIES:
+        add("")
+        add("\tchain scan_%s {" % fam)
+        if p["vertical_scan"]["ports"]:
+            add("\t\tupdate @vscan_%s { %s %s } goto vscan_hit_%s"
+                % (fam, expr, _limit(p["vertical_scan"]["ports"], window), fam))
+        for tier, match in tiers:
+            add("\t\t%sgoto hscan_%s_%s" % (match, tier, fam))
+        add("\t}")
+        for tier, _match in tiers:
+            add("\tchain hscan_%s_%s {" % (tier, fam))
+            for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
+                if hosts:
+                    add("\t\tupdate @hscan_%s_%s_%d { %s & %s . tcp dport %s } goto hscan_hit_%s_%d"
+                        % (tier, fam, length, expr, _mask(fam, length), _limit(hosts, window), fam, length))
+            add("\t}")
+        for length in hs["prefixes_" + fam]:
+            add("\tchain hscan_hit_%s_%d {" % (fam, length))
+            add("\t\tadd @ban_hscan_%s_%d { %s & %s . tcp dport }" % (fam, length, expr, _mask(fam, length)))
+            add("\t\tcounter name detect_hscan %s" % verdict)
+            add("\t}")
+        add("\tchain vscan_hit_%s {" % fam)
+        add("\t\tadd @ban_vscan_%s_%d { %s }" % (fam, host, expr))
+        add("\t\tcounter name detect_vscan %s" % verdict)
+        add("\t}")
+        add("\tchain flood_hit_%s {" % fam)
+        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport }" % (fam, host, expr))
+        add("\t\tcounter name detect_flood %s" % verdict)
+        add("\t}")
+    add("}")
+    return "\n".join(L) + "\n"
+
+
+# --- reading and changing the kernel ------------------------------------------------
+
+class NftError(RuntimeError):
+    pass
+
+
+def _nft(run, args, data=None, check=True):
+    rc, out, err = run(["nft"] + args, data=data)
+    if check and rc != 0:
+        raise NftError("nft %s failed: %s" % (" ".join(args), (err or out).strip()))
+    return rc, out, err
+
+
+def live_digest(run):
+    """The digest stored in the loaded table, None without table or digest."""
+    rc, out, _err = _nft(run, ["-j", "list", "counter", FAMILY, TABLE, "policy_id"], check=False)
+    if rc != 0:
+        return None
+    for obj in json.loads(out).get("nftables", []):
+        comment = obj.get("counter", {}).get("comment", "")
+        if comment.startswith("sha256:"):
+            return comment[len("sha256:"):]
+    return None
+
+
+def table_exists(run):
+    rc, _out, _err = _nft(run, ["list", "table", FAMILY, TABLE], check=False)
+    return rc == 0
+
+
+def list_set(run, name):
+    rc, out, _err = _nft(run, ["-j", "list", "set", FAMILY, TABLE, name], check=False)
+    if rc != 0:
+        return None
+    for obj in json.loads(out).get("nftables", []):
+        if "set" in obj:
+            return obj["set"]
+    return None
+
+
+def _elem_text(val):
+    if isinstance(val, dict) and "concat" in val:
+        return " . ".join(_elem_text(v) for v in val["concat"])
+    if isinstance(val, dict) and "prefix" in val:
+        return "%s/%d" % (val["prefix"]["addr"], val["prefix"]["len"])
+    if isinstance(val, dict) and "range" in val:
+        return "%s-%s" % tuple(_elem_text(v) for v in val["range"])
+    return str(val)
+
+
+def set_elements(nftset):
+    """[(key text, seconds left or None)] of a set as `nft -j` lists it."""
+    out = []
+    for item in nftset.get("elem", []) or []:
+        if isinstance(item, dict) and "elem" in item:
+            out.append((_elem_text(item["elem"]["val"]), item["elem"].get("expires")))
+        else:
+            out.append((_elem_text(item), None))
+    return out
+
+
+def carry_over(run, names):
+    """`add element` lines that re-create current bans and opt-outs with the time
+    they have left, so changing thresholds does not lift them."""
+    lines = []
+    for name in names:
+        nftset = list_set(run, name)
+        if not nftset:
+            continue
+        elems = ["%s timeout %ds" % (key, left) for key, left in set_elements(nftset) if left]
+        if elems:
+            lines.append("add element %s %s { %s }" % (QUALIFIED, name, ", ".join(elems)))
+    return lines
+
+
+def check(run, text):
+    """Validate a ruleset without touching the kernel (`nft -c`)."""
+    _nft(run, ["-c", "-f", "-"], data=text)
+
+
+def apply(run, text, keep_sets=()):
+    """Load the ruleset in one transaction, keeping the named sets' elements."""
+    extra = carry_over(run, keep_sets) if keep_sets else []
+    _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra))
+
+
+def delete(run):
+    if table_exists(run):
+        _nft(run, ["delete", "table", FAMILY, TABLE])
+        return True
+    return False
+
+
+def read_state(run, show_bans=False):
+    """Counters, ban counts and set fill levels; ban keys only with show_bans."""
+    rc, out, err = _nft(run, ["-j", "list", "table", FAMILY, TABLE], check=False)
+    if rc != 0:
+        return None
+    counters, sets, digest = {}, {}, None
+    for obj in json.loads(out).get("nftables", []):
+        if "counter" in obj:
+            c = obj["counter"]
+            if c["name"] == "policy_id":
+                digest = c.get("comment", "")[len("sha256:"):]
+            else:
+                counters[c["name"]] = {"packets": c.get("packets", 0), "bytes": c.get("bytes", 0)}
+        elif "set" in obj:
+            s = obj["set"]
+            sets[s["name"]] = s
+    fill = {}
+    bans = {}
+    for name, s in sets.items():
+        elems = set_elements(s)
+        fill[name] = {"elements": len(elems), "size": s.get("size")}
+        if name.startswith("ban_") or name.startswith("optout_"):
+            entry = {"count": len(elems)}
+            if show_bans:
+                entry["entries"] = [{"key": k, "expires": left} for k, left in elems]
+            bans[name] = entry
+    return {"digest": digest, "counters": counters, "sets": fill, "bans": bans}
