@@ -1,0 +1,418 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Abuse bench: every variant against every scenario in one run, side by side.
+
+    bench.py            full bench (~6 min): results/bench/bench.{md,json,png}
+    bench.py --quick    short sweep + short upload, none vs guard (< 60 s)
+    bench.py --variant none --variant guard    a subset
+
+Exit code: 0 when the guard variants meet every target, 1 otherwise.
+All numbers in the outputs come from counters read during this run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lab as L  # noqa: E402
+import variants as V  # noqa: E402
+
+TOP = V.TOP
+OUT = os.path.join(TOP, "results", "bench")
+
+
+# --- scenario building blocks --------------------------------------------------------
+def sweep_job(port, order, rate, seconds, name="sweep"):
+    return {"name": name, "kind": "connect", "targets": {"t": "sweep", "net": L.SWEEP_NET, "port": port,
+            "order": order}, "rate": rate, "n": int(rate * seconds), "duration": seconds,
+            "concurrency": 3000, "timeout": 1.0}
+
+
+def web_job(seconds, rate=250, start_after=0):
+    return {"name": "web", "kind": "request", "targets": {"t": "web"}, "rate": rate,
+            "n": int(rate * seconds), "duration": seconds, "concurrency": 2000, "timeout": 5.0,
+            "up": 400, "down_range": [2048, 32768], "rtts": 3, "start_after": start_after}
+
+
+def upload_job(n):
+    return {"name": "upload", "kind": "pool", "targets": {"t": "one", "host": L.UPLOAD_HOST, "port": 443},
+            "n": n, "concurrency": 6, "duration": 60, "timeout": 10.0, "up": 32768, "down": 64, "rtts": 4}
+
+
+def delta(c0, c1):
+    return {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+
+
+def measured(lab, spec, timeout, sweep_hosts=False):
+    """Run load generator processes (one per job group) and the arrival counters around them."""
+    if sweep_hosts:
+        lab.flush_sweep_hosts()
+    c0 = lab.counters()
+    procs = [lab.loadgen_start(spec.get("name", "x"), {"jobs": group}) for group in spec["groups"]]
+    out = L.wait_all(procs, timeout)
+    time.sleep(0.3)  # SYNs still in flight
+    res = {"arrived": delta(c0, lab.counters())}
+    for o in out:
+        if "error" in o:
+            raise RuntimeError(o["error"])
+        res.update(o["jobs"])
+    if sweep_hosts:
+        res["sweep_hosts"] = lab.sweep_host_stats()
+    return res
+
+
+def sc_cpu(lab, v, q):
+    job = {"name": "cpu", "kind": "cpu", "n": 2000, "reps": 3, "concurrency": 64, "timeout": 2.0, "duration": 20}
+    return measured(lab, {"groups": [[job]]}, 90)
+
+
+def sc_sweep(lab, v, q):
+    secs = 5 if q else 30
+    legit = {"name": "legit", "kind": "request", "targets": {"t": "list", "hosts": L.hosts_of(L.LEGIT_NET, 20, 51),
+             "ports": [22, 443]}, "rate": 8, "n": 8 * secs, "duration": secs, "timeout": 3.0,
+             "up": 512, "down": 4096, "rtts": 2, "concurrency": 50}
+    groups = [[sweep_job(22, "random", 2000, secs)], [legit] + ([upload_job(100)] if q else [])]
+    return measured(lab, {"groups": groups}, secs + 70, sweep_hosts=True)
+
+
+def sc_vscan(lab, v, q):
+    job = {"name": "vscan", "kind": "connect", "targets": {"t": "vscan", "host": L.VSCAN_HOST}, "rate": 8000,
+           "n": 65535, "duration": 20, "concurrency": 3000, "timeout": 0.5}
+    return measured(lab, {"groups": [[job]]}, 60)
+
+
+def sc_flood(lab, v, q):
+    flood = {"name": "flood", "kind": "workers", "targets": {"t": "one", "host": L.FLOOD_HOST, "port": L.FLOOD_PORT},
+             "workers": 48, "duration": 15, "max_per_worker": 5000, "timeout": 2.0, "up": 64, "down": 512,
+             "rtts": 2, "rst": True}
+    probe = {"name": "probe", "kind": "request", "targets": {"t": "list", "hosts": L.hosts_of(L.FLOOD_PROBE, 10, 61),
+             "ports": [443]}, "rate": 5, "n": 75, "duration": 15, "timeout": 3.0, "concurrency": 20}
+    return measured(lab, {"groups": [[flood], [probe]]}, 60)
+
+
+def sc_benign(lab, v, q):
+    torrent = {"name": "torrent", "kind": "request", "targets": {"t": "torrent"}, "rate": 10, "n": 200,
+               "duration": 25, "timeout": 5.0, "up": 16384, "down": 16384, "rtts": 4, "concurrency": 50}
+    return measured(lab, {"groups": [[upload_job(300), torrent], [web_job(20)]]}, 90)
+
+
+def sc_fill(lab, v, q):
+    fill = {"name": "fill", "kind": "connect", "targets": {"t": "fill", "n4": 16000, "n6": 184000},
+            "rate": 8000, "n": 200000, "duration": 60, "concurrency": 3000, "timeout": 1.0}
+    sweep = dict(sweep_job(3389, "sequential", 2000, 10, name="sweep2"), start_after=8)
+    samples = []
+
+    def sample():  # kernel state while the fill runs, then once more at its end
+        time.sleep(20)
+        samples.append(v.state(lab))
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    res = measured(lab, {"groups": [[fill], [sweep, web_job(20, start_after=5)]]}, 120, sweep_hosts=True)
+    t.join(60)
+    samples.append(v.state(lab))
+    res["state_samples"] = samples
+    res["conntrack"] = lab.ns(lab.relay, "cat", "/proc/sys/net/netfilter/nf_conntrack_count", check=False).stdout.strip()
+    return res
+
+
+FULL = [("cpu", sc_cpu), ("sweep", sc_sweep), ("vscan", sc_vscan), ("flood", sc_flood),
+        ("benign", sc_benign), ("fill", sc_fill)]
+QUICK = [("sweep", sc_sweep)]
+
+
+# --- rows of the table: (key, label, target, value(res, none) -> (text, number), pass(number)) ---
+def pct(a, b):
+    return 100.0 * a / b if b else None
+
+
+def g(res, *path):
+    for p in path:
+        if not isinstance(res, dict) or p not in res:
+            return None
+        res = res[p]
+    return res
+
+
+def _succ(scn, job):
+    def f(r, n):
+        j = g(r, scn, job)
+        if not j or not j.get("attempts"):
+            return "n/a", None
+        return "%.2f%% (%d/%d)" % (100 * j["success"], j["ok"], j["attempts"]), 100 * j["success"]
+    return f
+
+
+def _sweep_reach(r, n):
+    a, b = g(r, "sweep", "arrived", "sweep"), g(n, "sweep", "arrived", "sweep")
+    if a is None:
+        return "n/a", None
+    p = pct(a, b)
+    return ("%d SYN (%.2f%%)" % (a, p) if p is not None else "%d SYN" % a), p
+
+
+def _max22(scn):
+    def f(r, n):
+        m = g(r, scn, "sweep_hosts", "max_per_22")
+        return ("n/a", None) if m is None else ("%d hosts" % m, m)
+    return f
+
+
+def _vscan(r, n):
+    a = g(r, "vscan", "arrived", "vscan")
+    return ("n/a", None) if a is None else ("%d SYN (%.2f%%)" % (a, pct(a, 65535)), pct(a, 65535))
+
+
+def _flood(r, n):
+    a, b = g(r, "flood", "flood", "ok"), g(n, "flood", "flood", "ok")
+    if a is None:
+        return "n/a", None
+    p = pct(a, b)
+    return ("%d est. (%.2f%%)" % (a, p) if p is not None else "%d est." % a), p
+
+
+def _cpu_us(r):
+    reps = g(r, "cpu", "cpu", "reps")
+    if not reps:
+        return None, None
+    return min(x["proc_us"] for x in reps), min(x["machine_us"] for x in reps)
+
+
+def _cpu(r, n):
+    a, am = _cpu_us(r)
+    b, bm = _cpu_us(n)
+    if a is None:
+        return "n/a", None
+    ratio = a / b if b else None
+    txt = "%.0f µs (machine %.0f)" % (a, am)
+    if ratio:
+        txt += " %.2f×" % ratio
+    return txt, ratio
+
+
+def _state(r, n):
+    s = g(r, "fill", "state_samples")
+    if not s:
+        return "not run", None
+    worst = max(s, key=lambda x: x.get("bytes_est", 0))
+    if "error" in worst:
+        return worst["error"], None
+    over = [k for k, v in worst.get("sets", {}).items() if v.get("cap") and v["elements"] > v["cap"]]
+    unc = worst.get("uncapped_dynamic_sets", [])
+    ok = not over and not unc
+    txt = "%.1f MiB est., %d elems" % (worst["bytes_est"] / 2**20, worst["elements"])
+    if worst.get("cap_bytes_est"):
+        txt += " (cap %.1f MiB)" % (worst["cap_bytes_est"] / 2**20)
+    if over or unc:
+        txt += "; over cap: %s; no cap: %s" % (",".join(over) or "-", ",".join(unc) or "-")
+    return txt, 1.0 if ok else 0.0
+
+
+def _sweep2(r, n):
+    a, att = g(r, "fill", "arrived", "sweep"), g(r, "fill", "sweep2", "attempts")
+    if a is None or not att:
+        return "not run", None
+    return "%d of %d SYN (%.2f%%)" % (a, att, pct(a, att)), pct(a, att)
+
+
+def _throttle(r, n):
+    t = g(r, "sweep", "sweep", "first_fail_s")
+    if g(r, "sweep", "sweep") is None:
+        return "n/a", None
+    return ("never", float("inf")) if t is None else ("%.3f s" % t, t)
+
+
+ROWS = [
+    ("sweep_reach", "sweep :22 over a /16, 2,000/s, 30 s: SYNs reaching the /16 (% of none)", "≤ 0.5%",
+     _sweep_reach, lambda x: x is not None and x <= 0.5, True),
+    ("sweep_max22", "sweep: most distinct hosts reached in one /22", "≤ 64", _max22("sweep"),
+     lambda x: x is not None and x <= 64, True),
+    ("throttle", "time from sweep start to first refused connection", "≤ 1 s", _throttle,
+     lambda x: x is not None and x <= 1.0, True),
+    ("legit", "legit SSH/HTTPS to other hosts during the sweep: success", "100%", _succ("sweep", "legit"),
+     lambda x: x is not None and x >= 100.0, True),
+    ("vscan", "all 65,535 ports of one host: SYNs reaching it", "≤ 0.5%", _vscan,
+     lambda x: x is not None and x <= 0.5, False),
+    ("flood", "48 workers reconnecting to one IP:port, 15 s: established (% of none)", "≤ 2%", _flood,
+     lambda x: x is not None and x <= 2.0, False),
+    ("flood_probe", "probe to another host during the flood: success", "100%", _succ("flood", "probe"),
+     lambda x: x is not None and x >= 100.0, False),
+    ("upload", "upload: 300 fresh connections × 32 KiB to one host, 6 at a time: success", "100%",
+     _succ("benign", "upload"), lambda x: x is not None and x >= 100.0, False),
+    ("upload_quick", "upload (quick: 100 connections, during the sweep): success", "100%",
+     _succ("sweep", "upload"), lambda x: x is not None and x >= 100.0, True),
+    ("torrent", "torrent: 200 peers on random high ports, 10/s: success", "100%", _succ("benign", "torrent"),
+     lambda x: x is not None and x >= 100.0, False),
+    ("web", "web mix: 250 new conn/s, Zipf over 3,000 sites, 30% one CDN /24, 20 s: success", "≥ 99.9%",
+     _succ("benign", "web"), lambda x: x is not None and x >= 99.9, False),
+    ("cpu", "CPU per new connection (loadgen process; min of 3×2,000), ratio to none", "≤ 1.10×", _cpu,
+     lambda x: x is not None and x <= 1.10, False),
+    ("state", "200,000 distinct destinations: guard kernel state (worst sample)", "within caps", _state,
+     lambda x: x == 1.0, False),
+    ("state_sweep", "sweep :3389 (sequential) started during the fill: SYNs reaching", "≤ 0.5%", _sweep2,
+     lambda x: x is not None and x <= 0.5, False),
+    ("state_sweep22", "that sweep: most distinct hosts reached in one /22", "≤ 64", _max22("fill"),
+     lambda x: x is not None and x <= 64, False),
+    ("state_web", "web mix during the fill: success", "≥ 99%", _succ("fill", "web"),
+     lambda x: x is not None and x >= 99.0, False),
+]
+
+
+def evaluate(results, quick):
+    none = results.get("none", {}).get("scenarios", {})
+    rows = []
+    for key, label, target, fn, ok, in_quick in ROWS:
+        if quick and not in_quick:
+            continue
+        if not quick and key == "upload_quick":
+            continue
+        row = {"key": key, "scenario": label, "target": target, "values": {}, "numbers": {}, "pass": {}}
+        for name, vr in results.items():
+            scn = vr.get("scenarios", {})
+            txt, num = fn(scn, none) if vr.get("status") == "ok" else ("error", None)
+            row["values"][name], row["numbers"][name] = txt, num
+            if vr.get("is_guard"):
+                row["pass"][name] = bool(ok(num))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows, results, meta):
+    names = list(results)
+    guards = [n for n in names if results[n].get("is_guard")]
+    head = ["scenario"] + names + ["target"] + ["%s pass" % gname for gname in guards]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["scenario"]] + [r["values"][n] for n in names] + [r["target"]]
+        cells += ["PASS" if r["pass"].get(gname) else "**FAIL**" for gname in guards]
+        out.append("| " + " | ".join(cells) + " |")
+    errs = ["- %s: %s" % (n, results[n]["error"]) for n in names if results[n].get("error")]
+    notes = ["", "Run %s on %s, %d CPUs, kernel %s; path delay: %s; bench wall time %.0f s." % (
+        meta["started"], meta["host"], meta["cpus"], meta["kernel"], meta["delay_mode"], meta["wall_s"])]
+    return "\n".join(out + notes + (["", "Errors:"] + errs if errs else [])) + "\n"
+
+
+def chart(rows, results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    rows = [r for r in rows if any(isinstance(r["numbers"].get(n), (int, float)) for n in names)]
+    cols = 4
+    nrows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    colors = ["#888888", "#d9a441", "#c4573a", "#2f7d4f", "#3a6fc4", "#8a4fc4"]
+    for ax, r in zip(axes.flat, rows):
+        vals = [r["numbers"].get(n) for n in names]
+        vals = [v if isinstance(v, (int, float)) and v != float("inf") else 0 for v in vals]
+        ax.bar(range(len(names)), vals, color=colors[:len(names)])
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=20, fontsize=7)
+        ax.set_title(r["scenario"][:60] + ("…" if len(r["scenario"]) > 60 else ""), fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.text(0.99, 0.97, "target " + r["target"], transform=ax.transAxes, ha="right", va="top", fontsize=7)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# --- main ------------------------------------------------------------------------------
+def run(args):
+    started = time.time()
+    chosen = V.QUICK_VARIANTS if args.quick else V.VARIANTS
+    if args.variant:
+        known = {v.name: v for v in V.VARIANTS}
+        chosen = [known[n] for n in args.variant]
+    scenarios = QUICK if args.quick else [s for s in FULL if not args.scenario or s[0] in args.scenario]
+    lab = L.Lab(args.prefix)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_signal)
+    results = {}
+    try:
+        lab.setup()
+        print("lab up: %s + %s, path delay by %s" % (lab.relay, lab.net, lab.delay_mode), flush=True)
+        for v in chosen:
+            vr = results[v.name] = {"status": "ok", "is_guard": v.is_guard, "scenarios": {}, "timings": {}}
+            t = time.monotonic()
+            try:
+                v.apply(lab)
+                vr["timings"]["apply_s"] = round(time.monotonic() - t, 2)
+                for name, fn in scenarios:
+                    if name == "fill" and not v.fill:
+                        continue
+                    t = time.monotonic()
+                    vr["scenarios"][name] = fn(lab, v, args.quick)
+                    vr["timings"][name] = round(time.monotonic() - t, 1)
+                    print("  %-15s %-7s %5.1f s" % (v.name, name, vr["timings"][name]), flush=True)
+                vr["state_after"] = v.state(lab)
+            except Exception as exc:  # noqa: BLE001 - reported, then the next variant runs
+                vr.update(status="error", error="%s: %s" % (type(exc).__name__, exc))
+                print("  %s: ERROR %s" % (v.name, vr["error"]), flush=True)
+            finally:
+                try:
+                    v.remove(lab)
+                except Exception as exc:  # noqa: BLE001
+                    vr.setdefault("error", "remove failed: %s" % exc)
+                left = lab.reset_relay()
+                if left.strip():
+                    vr["left_after_reset"] = left[-500:]
+    finally:
+        delay_mode = lab.delay_mode
+        lab.teardown()
+    meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), "host": os.uname().nodename,
+            "cpus": os.cpu_count(), "kernel": os.uname().release, "delay_mode": delay_mode,
+            "wall_s": time.time() - started, "quick": args.quick}
+    rows = evaluate(results, args.quick)
+    md = markdown(rows, results, meta)
+    guards_ok = all(all(r["pass"].values()) for r in rows) and all(
+        results[n]["status"] == "ok" for n in results if results[n]["is_guard"])
+    guards_ok = guards_ok and any(results[n]["is_guard"] for n in results)
+    os.makedirs(args.out, exist_ok=True)
+    stem = "bench-quick" if args.quick else "bench"
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows, "variants": results, "guard_targets_met": guards_ok}, f, indent=1,
+                  default=str)
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
+        f.write("# Abuse bench%s\n\n" % (" (quick)" if args.quick else "") + md)
+    if not args.quick:
+        try:
+            chart(rows, results, os.path.join(args.out, "bench.png"))
+        except Exception as exc:  # noqa: BLE001 - the table matters more than the picture
+            print("chart failed: %s" % exc)
+    print()
+    print(md)
+    print("guard targets: %s" % ("all met" if guards_ok else "MISSED"))
+    return 0 if guards_ok else 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short sweep and upload, none vs guard, < 60 s")
+    ap.add_argument("--variant", action="append", default=[], help="run only this variant (repeatable)")
+    ap.add_argument("--scenario", action="append", default=[], help="run only this scenario (repeatable)")
+    ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args()
+    if args.prefix is None:
+        args.prefix = "tx-bench-q-" if args.quick else "tx-bench-"
+    if not args.prefix.startswith("tx-bench-"):
+        ap.error("--prefix must start with tx-bench-")
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; namespaces removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

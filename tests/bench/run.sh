@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Abuse bench entry point (`make bench`; `bash tests/bench/run.sh --quick` for the slice).
+# Everything runs in namespaces it creates (tx-bench-*); the trap removes them and
+# stops the bench process even on failure or Ctrl-C.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+py=.venv/bin/python
+[ -x "$py" ] || py=python3
+prefix=tx-bench-
+for a in "$@"; do [ "$a" = "--quick" ] && prefix=tx-bench-q-; done
+
+pid=
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null
+  fi
+  for ns in "${prefix}relay" "${prefix}net"; do
+    if ip netns list | grep -qw -- "$ns"; then
+      for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+      ip netns del "$ns" 2>/dev/null
+    fi
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$py" tests/bench/bench.py "$@" &
+pid=$!
+wait "$pid"
+rc=$?
+pid=
+exit "$rc"

@@ -1,0 +1,152 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the bench compares: (name, apply, remove, state) entries.
+
+A variant is applied in the relay namespace before its scenarios run and
+removed afterwards; the lab then flushes iptables and conntrack anyway.
+`state` reports the kernel state the variant keeps (entries, caps, bytes).
+To add a variant, append a Variant to VARIANTS (or call guard(...) with
+another backend, e.g. guard("iptables") once the module supports it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+GUARD_MODULE = os.path.join(TOP, "plugins", "modules", "egress_guard.py")
+GUARD_TABLE = ("inet", "torexit_guard")
+
+
+@dataclass
+class Variant:
+    name: str
+    apply: Callable
+    remove: Callable
+    state: Callable = field(default=lambda lab: {})
+    is_guard: bool = False   # targets apply to guard variants only
+    fill: bool = False       # run the 200,000-destination state scenario
+
+
+# --- none ------------------------------------------------------------------------
+def _nothing(lab):
+    return None
+
+
+# --- seeds (iptables-nft inside the relay namespace) ------------------------------
+def _restore(path):
+    def apply(lab):
+        with open(path) as f:
+            lab.ns(lab.relay, "iptables-restore", inp=f.read())
+    return apply
+
+
+def _proc_lines(lab, pattern_dir, names=None):
+    r = lab.ns(lab.relay, "sh", "-c", "cd %s 2>/dev/null && wc -l -- *" % pattern_dir, check=False)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] != "total":
+            out[parts[1]] = int(parts[0])
+    return out
+
+
+def _hashlimit_state(lab):
+    entries = _proc_lines(lab, "/proc/net/ipt_hashlimit")
+    # hashlimit's default htable-max is 8 x htable-size; size is set from RAM, at most 8192.
+    return {"kind": "hashlimit", "sets": {k: {"elements": v, "cap": 8 * 8192} for k, v in entries.items()},
+            "elements": sum(entries.values()), "bytes_est": sum(entries.values()) * 128}
+
+
+def _recent_state(lab):
+    entries = _proc_lines(lab, "/proc/net/xt_recent")
+    # xt_recent keeps at most ip_list_tot (default 100) addresses per list and
+    # ip_pkt_list_tot (default 20) time stamps per address.
+    return {"kind": "xt_recent", "sets": {k: {"elements": v, "cap": 100} for k, v in entries.items()},
+            "elements": sum(entries.values()), "bytes_est": sum(entries.values()) * (64 + 20 * 8)}
+
+
+# --- the collection's guard ---------------------------------------------------------
+def _ansible(lab, args):
+    env = dict(os.environ,
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
+               ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
+               ANSIBLE_NOCOLOR="1")
+    cmd = ["ip", "netns", "exec", lab.relay, os.path.join(TOP, ".venv", "bin", "ansible"),
+           "localhost", "-c", "local", "-m", "torexit.hardening.egress_guard", "-a", args]
+    import subprocess
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    if r.returncode != 0:
+        raise RuntimeError("egress_guard %s failed (rc %d): %s" % (args, r.returncode, (r.stdout + r.stderr)[-1500:]))
+    return r.stdout
+
+
+def elem_bytes(set_obj):
+    """Estimated kernel bytes per element of an nftables set: key (4-byte
+    registers), extension header, timeout/expiration, stateful expressions,
+    rhash linkage; rounded up to the kmalloc size class it lands in."""
+    keys = set_obj.get("type")
+    keys = keys if isinstance(keys, list) else [keys]
+    key = sum({"ipv4_addr": 4, "ipv6_addr": 16, "inet_service": 4}.get(k, 16) for k in keys)
+    size = 32 + key + (16 if "timeout" in set_obj.get("flags", []) or set_obj.get("timeout") else 0)
+    size += 48 * len(set_obj.get("stmt", []))
+    for cls in (32, 64, 96, 128, 192, 256, 512, 1024):
+        if size <= cls:
+            return cls
+    return size
+
+
+def _guard_state(lab):
+    fam, table = GUARD_TABLE
+    r = lab.ns(lab.relay, "nft", "-j", "list", "sets", "table", fam, table, check=False)
+    if r.returncode != 0:
+        return {"kind": "nftables", "error": "table %s %s missing" % GUARD_TABLE}
+    sets, total, total_cap, uncapped = {}, 0, 0, []
+    for item in json.loads(r.stdout)["nftables"]:
+        s = item.get("set")
+        if not s:
+            continue
+        full = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "set", fam, table, s["name"],
+                                 timeout=120).stdout)
+        elems = next((i["set"].get("elem", []) for i in full["nftables"] if "set" in i), [])
+        per = elem_bytes(s)
+        dynamic = "dynamic" in s.get("flags", []) or "timeout" in s.get("flags", [])
+        cap = s.get("size")
+        if dynamic and not cap:
+            uncapped.append(s["name"])
+        sets[s["name"]] = {"elements": len(elems), "cap": cap, "bytes_per_elem": per}
+        total += len(elems) * per
+        total_cap += (cap or 0) * per
+    return {"kind": "nftables", "sets": sets, "elements": sum(v["elements"] for v in sets.values()),
+            "bytes_est": total, "cap_bytes_est": total_cap, "uncapped_dynamic_sets": uncapped}
+
+
+def guard(backend="nftables", extra=""):
+    args = "state=present backend=%s mode=enforce owner=any %s" % (backend, extra)
+
+    def apply(lab):
+        if not os.path.exists(GUARD_MODULE):
+            raise RuntimeError("the guard module %s does not exist (yet): cannot apply variant"
+                               % os.path.relpath(GUARD_MODULE, TOP))
+        _ansible(lab, args.strip())
+
+    def remove(lab):
+        if os.path.exists(GUARD_MODULE):
+            _ansible(lab, "state=absent backend=%s" % backend)
+    name = "guard" if backend == "nftables" else "guard-" + backend
+    return Variant(name, apply, remove, _guard_state if backend == "nftables" else (lambda lab: {}),
+                   is_guard=True, fill=True)
+
+
+NONE = Variant("none", _nothing, _nothing)
+VARIANTS = [
+    NONE,
+    Variant("seed-hashlimit", _restore(os.path.join(HERE, "seeds", "seed-hashlimit.rules")), _nothing,
+            _hashlimit_state),
+    Variant("seed-recent", _restore(os.path.join(HERE, "seeds", "seed-recent.rules")), _nothing,
+            _recent_state),
+    guard("nftables"),
+]
+QUICK_VARIANTS = [NONE, guard("nftables")]
