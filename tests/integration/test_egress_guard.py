@@ -1,0 +1,118 @@
+"""egress_guard in a namespace: apply, idempotence, check mode, diff, absent,
+bad input, coexistence with a ufw ruleset, and the detectors' effect on traffic."""
+import json
+
+from conftest import ansible_module
+from lab import wait_port
+
+GUARD = "torexit.hardening.egress_guard"
+BASE = {"owner": "any", "persist": False}
+
+
+def nft(lab, *args, check=True):
+    return lab.ns(lab.relay, "nft", *args, check=check)
+
+
+def listen(lab, port):
+    """Accept-and-close server for every address of the internet namespace."""
+    code = ("import socket,select,time\n"
+            "s=socket.socket(socket.AF_INET6);s.setsockopt(41,26,0);s.setsockopt(1,2,1)\n"
+            "s.bind(('::',%d));s.listen(4096);end=time.time()+120\n"
+            "while time.time()<end:\n"
+            " r,_,_=select.select([s],[],[],0.5)\n"
+            " if r:\n  c,_=s.accept();c.close()\n" % port)
+    lab.spawn(lab.net, "python3", "-c", code)
+    wait_port(lab, port)
+
+
+def probe(lab, dests, concurrency=50):
+    out = lab.ns(lab.relay, "python3", "probe.py", "-", input=json.dumps(
+        {"dests": dests, "concurrency": concurrency, "timeout": 1.0, "seconds": 60}),
+        cwd=__import__("os").path.dirname(__file__)).stdout
+    return json.loads(out)
+
+
+def test_apply_is_idempotent_and_check_mode_changes_nothing(lab):
+    first_check = ansible_module(lab.relay, GUARD, BASE, check=True, diff=True)
+    assert first_check["changed"] is True
+    assert "table inet torexit_guard {" in first_check["diff"]["after"]
+    assert nft(lab, "list", "table", "inet", "torexit_guard", check=False).returncode != 0
+
+    first = ansible_module(lab.relay, GUARD, BASE)
+    assert first["changed"] is True, first
+    assert nft(lab, "list", "table", "inet", "torexit_guard").returncode == 0
+
+    second = ansible_module(lab.relay, GUARD, BASE)
+    assert second["changed"] is False
+    assert second["digest"] == first["digest"]
+
+    check_again = ansible_module(lab.relay, GUARD, BASE, check=True)
+    assert check_again["changed"] is False
+
+
+def test_bad_input_fails_and_applies_nothing(lab):
+    for args, words in (({"allow": ["198.18.0.0/33"]}, "allow[0]"),
+                        ({"flood": {"rate": 10, "burst": 5}}, "flood.burst"),
+                        ({"owner": "no-such-user-xyz"}, "no-such-user-xyz"),
+                        ({"horizontal_scan": {"prefixes_v4": [24, 40]}}, "prefix length 40")):
+        result = ansible_module(lab.relay, GUARD, dict(BASE, **args))
+        assert result.get("failed") is True and words in result["msg"], result
+    assert nft(lab, "list", "table", "inet", "torexit_guard", check=False).returncode != 0
+
+
+def test_sweep_is_stopped_while_uploads_and_other_hosts_pass(lab):
+    listen(lab, 22)
+    listen(lab, 443)
+    ansible_module(lab.relay, GUARD, BASE)
+    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(3000)])
+    # the /16 threshold for port 22 is 48 distinct hosts
+    assert sweep["ok"] <= 64 and sweep["refused"] >= 2900, sweep
+    upload = probe(lab, [["198.19.7.7", 443]] * 300, concurrency=6)
+    assert upload == {"ok": 300, "refused": 0, "timeout": 0}
+    ssh_elsewhere = probe(lab, [["198.19.%d.10" % i, 22] for i in range(1, 11)])
+    assert ssh_elsewhere["ok"] == 10, ssh_elsewhere
+
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {"show_bans": True})
+    assert info["installed"] is True
+    assert info["counters"]["detect_hscan"]["packets"] >= 1
+    assert info["counters"]["blocked_hscan"]["packets"] >= 2900
+    assert {"key": "198.18.0.0 . 22"} .items() <= info["bans"]["ban_hscan_v4_16"]["entries"][0].items()
+    assert "entries" not in ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {})["bans"]["ban_hscan_v4_16"]
+
+    # unchanged options: nothing reloaded, the ban stays
+    assert ansible_module(lab.relay, GUARD, BASE)["changed"] is False
+    assert "198.18.0.0 . 22" in nft(lab, "list", "set", "inet", "torexit_guard", "ban_hscan_v4_16").stdout
+    # changed options: the table is replaced but current bans are carried over
+    changed = ansible_module(lab.relay, GUARD, dict(BASE, vertical_scan={"ports": 64}))
+    assert changed["changed"] is True
+    assert "198.18.0.0 . 22" in nft(lab, "list", "set", "inet", "torexit_guard", "ban_hscan_v4_16").stdout
+    assert probe(lab, [["198.18.200.1", 22]])["refused"] == 1
+
+
+def test_monitor_mode_counts_but_blocks_nothing(lab):
+    listen(lab, 22)
+    ansible_module(lab.relay, GUARD, dict(BASE, mode="monitor"))
+    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(1000)])
+    assert sweep["ok"] == 1000, sweep
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {})
+    assert info["counters"]["detect_hscan"]["packets"] >= 1
+    assert info["counters"]["blocked_hscan"]["packets"] >= 900
+
+
+def test_coexists_with_ufw_rules_and_absent_removes_only_the_guard(lab):
+    ufw_like = "\n".join([
+        "*filter", ":ufw-before-output - [0:0]", ":ufw-user-output - [0:0]",
+        "-A OUTPUT -j ufw-before-output", "-A ufw-before-output -o lo -j ACCEPT",
+        "-A ufw-before-output -j ufw-user-output",
+        "-A ufw-user-output -p tcp --dport 25 -j REJECT", "COMMIT", ""])
+    lab.ns(lab.relay, "iptables-restore", input=ufw_like)
+    before = lab.ns(lab.relay, "iptables-save").stdout
+    ansible_module(lab.relay, GUARD, BASE)
+    assert ansible_module(lab.relay, GUARD, BASE)["changed"] is False
+    absent = ansible_module(lab.relay, GUARD, {"state": "absent", "persist": False})
+    assert absent["changed"] is True
+    assert nft(lab, "list", "table", "inet", "torexit_guard", check=False).returncode != 0
+    after = lab.ns(lab.relay, "iptables-save").stdout
+    strip = [line for line in before.splitlines() if not line.startswith("#")]
+    assert strip == [line for line in after.splitlines() if not line.startswith("#")]
+    assert ansible_module(lab.relay, GUARD, {"state": "absent", "persist": False})["changed"] is False
