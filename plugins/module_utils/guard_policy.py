@@ -137,7 +137,7 @@ def _network(option, text):
     try:
         ip = netaddr.IPAddress(addr)
     except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise PolicyError("%s: %r is not a valid address or CIDR network" % (option, text))
+        raise PolicyError("%s: %r is not a valid address or CIDR network" % (option, text)) from None
     if slash:
         maximum = 32 if ip.version == 4 else 128
         if not length.isdigit() or int(length) > maximum:
@@ -153,7 +153,7 @@ def _port_range(option, text):
     try:
         ports = [int(p) for p in parts]
     except ValueError:
-        raise PolicyError("%s: %r is not a port or port range" % (option, text))
+        raise PolicyError("%s: %r is not a port or port range" % (option, text)) from None
     if len(ports) > 2 or any(p < 1 or p > 65535 for p in ports) or ports[0] > ports[-1]:
         raise PolicyError("%s: %r is not a port or port range within 1-65535" % (option, text))
     return (ports[0], ports[-1])

@@ -233,10 +233,10 @@ import os
 import pwd
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_host as host
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as nft
-from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy import (
-    PolicyError, build_policy, policy_digest)
+from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy import PolicyError, build_policy, policy_digest
 
 
 def _user_exists(name):

@@ -64,6 +64,7 @@ sets:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as nft
 
 
