@@ -392,7 +392,8 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=int, default=86400, help="seconds an opt-out lasts")
     parser.add_argument("--prefix-v4", type=int, default=32, choices=PREFIXES[4])
     parser.add_argument("--prefix-v6", type=int, default=128, choices=PREFIXES[6])
-    parser.add_argument("--never", action="append", default=[], type=ipaddress.ip_network,
+    parser.add_argument("--never", action="append", default=[],
+                        type=lambda text: ipaddress.ip_network(text, strict=False),
                         help="network that is never opted out (repeatable)")
     parser.add_argument("--max-per-hour", type=int, default=100, help="opt-outs per hour, all visitors")
     parser.add_argument("--ban-visitors", action="store_true",
