@@ -41,7 +41,7 @@ def web_job(seconds, rate=250, start_after=0):
 
 def upload_job(n):
     return {"name": "upload", "kind": "pool", "targets": {"t": "one", "host": L.UPLOAD_HOST, "port": 443},
-            "n": n, "concurrency": 6, "duration": 60, "timeout": 10.0, "up": 32768, "down": 64, "rtts": 4}
+            "n": n, "concurrency": 6, "duration": 20, "timeout": 3.0, "up": 32768, "down": 64, "rtts": 4}
 
 
 def delta(c0, c1):
@@ -67,12 +67,12 @@ def measured(lab, spec, timeout, sweep_hosts=False):
 
 
 def sc_cpu(lab, v, q):
-    job = {"name": "cpu", "kind": "cpu", "n": 2000, "reps": 3, "concurrency": 64, "timeout": 2.0, "duration": 20}
+    job = {"name": "cpu", "kind": "cpu", "n": 2000, "reps": 5, "concurrency": 64, "timeout": 0.5, "duration": 10}
     return measured(lab, {"groups": [[job]]}, 90)
 
 
 def sc_sweep(lab, v, q):
-    secs = 5 if q else 30
+    secs = 6 if q else 30
     legit = {"name": "legit", "kind": "request", "targets": {"t": "list", "hosts": L.hosts_of(L.LEGIT_NET, 20, 51),
              "ports": [22, 443]}, "rate": 8, "n": 8 * secs, "duration": secs, "timeout": 3.0,
              "up": 512, "down": 4096, "rtts": 2, "concurrency": 50}
@@ -82,7 +82,7 @@ def sc_sweep(lab, v, q):
 
 def sc_vscan(lab, v, q):
     job = {"name": "vscan", "kind": "connect", "targets": {"t": "vscan", "host": L.VSCAN_HOST}, "rate": 8000,
-           "n": 65535, "duration": 20, "concurrency": 3000, "timeout": 0.5}
+           "n": 65535, "duration": 12, "concurrency": 3000, "timeout": 0.5}
     return measured(lab, {"groups": [[job]]}, 60)
 
 
@@ -143,16 +143,29 @@ def _succ(scn, job):
         j = g(r, scn, job)
         if not j or not j.get("attempts"):
             return "n/a", None
-        return "%.2f%% (%d/%d)" % (100 * j["success"], j["ok"], j["attempts"]), 100 * j["success"]
+        return "%.2f%% (%d/%d)" % (100 * j["success"], j["ok"], max(j["attempts"], j.get("planned") or 0)), \
+            100 * j["success"]
     return f
 
 
+def _reach_frac(r):
+    """SYNs that arrived per attempt made (the load generator's pace varies on a shared machine)."""
+    a, att = g(r, "sweep", "arrived", "sweep"), g(r, "sweep", "sweep", "attempts")
+    return (a, att, a / att) if a is not None and att else (a, att, None)
+
+
 def _sweep_reach(r, n):
-    a, b = g(r, "sweep", "arrived", "sweep"), g(n, "sweep", "arrived", "sweep")
-    if a is None:
+    a, att, f = _reach_frac(r)
+    if f is None:
         return "n/a", None
-    p = pct(a, b)
-    return ("%d SYN (%.2f%%)" % (a, p) if p is not None else "%d SYN" % a), p
+    fn = _reach_frac(n)[2]
+    p = 100.0 * f / fn if fn else None
+    return ("%d of %d SYN (%.2f%%)" % (a, att, p) if p is not None else "%d of %d SYN" % (a, att)), p
+
+
+def _sweep_budget(r, n):
+    a = g(r, "sweep", "arrived", "sweep")
+    return ("n/a", None) if a is None else ("%d SYN" % a, a)
 
 
 def _max22(scn):
@@ -163,8 +176,10 @@ def _max22(scn):
 
 
 def _vscan(r, n):
-    a = g(r, "vscan", "arrived", "vscan")
-    return ("n/a", None) if a is None else ("%d SYN (%.2f%%)" % (a, pct(a, 65535)), pct(a, 65535))
+    a, att = g(r, "vscan", "arrived", "vscan"), g(r, "vscan", "vscan", "attempts")
+    if a is None or not att:
+        return "n/a", None
+    return "%d of %d ports (%.2f%%)" % (a, att, pct(a, att)), pct(a, att)
 
 
 def _flood(r, n):
@@ -227,15 +242,17 @@ def _throttle(r, n):
 
 
 ROWS = [
-    ("sweep_reach", "sweep :22 over a /16, 2,000/s, 30 s: SYNs reaching the /16 (% of none)", "≤ 0.5%",
-     _sweep_reach, lambda x: x is not None and x <= 0.5, True),
+    ("sweep_reach", "sweep :22 over a /16, 2,000/s, 30 s: SYNs reaching the /16 (% of none, per attempt)",
+     "≤ 0.5%", _sweep_reach, lambda x: x is not None and x <= 0.5, False),
+    ("sweep_budget", "quick sweep :22 over a /16, 2,000/s, 6 s: SYNs reaching the /16 (budget: 0.5% of the "
+     "full 30 s sweep)", "≤ 300", _sweep_budget, lambda x: x is not None and x <= 300, True),
     ("sweep_max22", "sweep: most distinct hosts reached in one /22", "≤ 64", _max22("sweep"),
      lambda x: x is not None and x <= 64, True),
     ("throttle", "time from sweep start to first refused connection", "≤ 1 s", _throttle,
      lambda x: x is not None and x <= 1.0, True),
     ("legit", "legit SSH/HTTPS to other hosts during the sweep: success", "100%", _succ("sweep", "legit"),
      lambda x: x is not None and x >= 100.0, True),
-    ("vscan", "all 65,535 ports of one host: SYNs reaching it", "≤ 0.5%", _vscan,
+    ("vscan", "all 65,535 ports of one host (12 s max): SYNs reaching it, % of ports tried", "≤ 0.5%", _vscan,
      lambda x: x is not None and x <= 0.5, False),
     ("flood", "48 workers reconnecting to one IP:port, 15 s: established (% of none)", "≤ 2%", _flood,
      lambda x: x is not None and x <= 2.0, False),
@@ -249,7 +266,7 @@ ROWS = [
      lambda x: x is not None and x >= 100.0, False),
     ("web", "web mix: 250 new conn/s, Zipf over 3,000 sites, 30% one CDN /24, 20 s: success", "≥ 99.9%",
      _succ("benign", "web"), lambda x: x is not None and x >= 99.9, False),
-    ("cpu", "CPU per new connection (loadgen process; min of 3×2,000), ratio to none", "≤ 1.10×", _cpu,
+    ("cpu", "CPU per new connection (loadgen process; min of 5×2,000), ratio to none", "≤ 1.10×", _cpu,
      lambda x: x is not None and x <= 1.10, False),
     ("state", "200,000 distinct destinations: guard kernel state (worst sample)", "within caps", _state,
      lambda x: x == 1.0, False),
@@ -268,7 +285,7 @@ def evaluate(results, quick):
     for key, label, target, fn, ok, in_quick in ROWS:
         if quick and not in_quick:
             continue
-        if not quick and key == "upload_quick":
+        if not quick and key in ("upload_quick", "sweep_budget"):
             continue
         row = {"key": key, "scenario": label, "target": target, "values": {}, "numbers": {}, "pass": {}}
         for name, vr in results.items():

@@ -145,7 +145,8 @@ async def request(host, port, timeout, up=256, down=1024, rtts=2, rst=False, **_
 
 # --- statistics ------------------------------------------------------------------
 class Stats:
-    def __init__(self):
+    def __init__(self, planned=0):
+        self.planned = planned
         self.outcomes = {}
         self.attempts = 0
         self.first_fail_s = None
@@ -161,8 +162,10 @@ class Stats:
     def result(self):
         ok = self.outcomes.get("ok", 0)
         elapsed = (self.t_end or time.monotonic()) - (self.t0 or time.monotonic())
-        return {"attempts": self.attempts, "ok": ok, "outcomes": self.outcomes,
-                "success": ok / self.attempts if self.attempts else None,
+        # attempts the job meant to make but had no time for count as failures
+        tried = max(self.attempts, self.planned)
+        return {"attempts": self.attempts, "planned": self.planned, "ok": ok, "outcomes": self.outcomes,
+                "success": ok / tried if tried else None,
                 "first_fail_s": self.first_fail_s, "elapsed_s": round(elapsed, 3),
                 "rate_per_s": round(self.attempts / elapsed, 1) if elapsed > 0 else None}
 
@@ -286,7 +289,7 @@ KINDS = {"connect": paced, "request": paced, "pool": pool, "workers": workers, "
 async def run_job(job):
     if job.get("start_after"):
         await asyncio.sleep(job["start_after"])
-    st = Stats()
+    st = Stats(job["n"] if job["kind"] in ("request", "pool") else 0)
     await KINDS[job["kind"]](job, st)
     res = st.result()
     if hasattr(st, "reps"):

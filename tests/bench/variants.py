@@ -124,7 +124,9 @@ def _guard_state(lab):
 
 
 def guard(backend="nftables", extra=""):
-    args = "state=present backend=%s mode=enforce owner=any %s" % (backend, extra)
+    # persist=false: the namespace shares the host's file system, and the lab must
+    # never install boot-time units or rulesets on the host running the bench.
+    args = "state=present backend=%s mode=enforce owner=any persist=false %s" % (backend, extra)
 
     def apply(lab):
         if not os.path.exists(GUARD_MODULE):
