@@ -119,7 +119,13 @@ def _guard_state(lab):
         sets[s["name"]] = {"elements": len(elems), "cap": cap, "bytes_per_elem": per}
         total += len(elems) * per
         total_cap += (cap or 0) * per
-    return {"kind": "nftables", "sets": sets, "elements": sum(v["elements"] for v in sets.values()),
+    counters = {}
+    r = lab.ns(lab.relay, "nft", "-j", "list", "counters", "table", fam, table, check=False)
+    if r.returncode == 0:
+        for item in json.loads(r.stdout)["nftables"]:
+            if "counter" in item:
+                counters[item["counter"]["name"]] = item["counter"]["packets"]
+    return {"kind": "nftables", "sets": sets, "counters": counters, "elements": sum(v["elements"] for v in sets.values()),
             "bytes_est": total, "cap_bytes_est": total_cap, "uncapped_dynamic_sets": uncapped}
 
 
