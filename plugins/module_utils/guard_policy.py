@@ -197,8 +197,8 @@ def _check_ports(option, ports):
 
 def _positive(option, value, allow_zero=False):
     if not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise PolicyError("%s: %r must be a %s integer" % (option, value,
-                                                          "non-negative" if allow_zero else "positive"))
+        kind = "non-negative" if allow_zero else "positive"
+        raise PolicyError("%s: %r must be a %s integer" % (option, value, kind))
 
 
 def build_policy(params, user_exists=None):

@@ -28,14 +28,17 @@ description:
     and O(mode=exitpolicy) leaves enforcement to tor's own ExitPolicy (see the
     C(tor_exit) role), which the Tor Project accepts.
 author:
-  - torexit.hardening contributors
+  - torexit.hardening contributors (@torexit)
 attributes:
   check_mode:
+    description: Renders and validates (C(nft -c)) without changing the host.
     support: full
   diff_mode:
+    description: Shows the ruleset file before and after.
     support: full
 requirements:
-  - nftables (the C(nft) command) on the managed host
+  - nftables (the C(nft) command) on the managed host for O(backend=nftables)
+  - iptables, ip6tables and ipset for O(backend=iptables); ufw in addition for O(backend=ufw)
   - netaddr (Debian package C(python3-netaddr)) on the managed host
 options:
   state:
@@ -45,9 +48,28 @@ options:
     default: present
   backend:
     description:
-      - Firewall the guard is rendered for. Only C(nftables) is implemented so far.
+      - Firewall the guard is rendered for. All backends render the same policy.
+      - C(nftables) - the table C(inet torexit_guard), see the description.
+      - C(iptables) - chains C(TOREXIT-*) of the filter table (iptables and
+        ip6tables), hooked by one rule at the top of C(OUTPUT), loaded with
+        C(iptables-restore --noflush) so other rules stay untouched; kernel state
+        in ipsets C(torexit_*) (ban sets C(torexit_ban_hscan_v4_24) and so on) and
+        hashlimit tables. With O(persist), the unit
+        C(torexit-egress-guard-iptables.service) loads them at boot and after
+        C(netfilter-persistent) restarts or reloads.
+      - C(ufw) - the same rules (chains C(TOREXIT-UFW-*)) as a marked block in
+        C(/etc/ufw/before.rules) and C(before6.rules), validated with
+        C(iptables-restore --test) and activated with C(ufw reload), so
+        C(ufw disable), C(ufw enable) and reboots behave as ufw users expect.
+        The unit C(torexit-egress-guard-ufw-ipsets.service) creates the ipsets
+        before ufw starts (installed even with O(persist=false): ufw cannot load
+        the block without them). While ufw is inactive the files are written but
+        nothing is loaded.
+      - C(auto) - C(nftables) when the C(nft) command exists, else C(iptables).
+        The choice is returned as RV(backend).
+      - O(state=absent) removes exactly what the chosen backend added.
     type: str
-    choices: [nftables]
+    choices: [nftables, iptables, ufw, auto]
     default: nftables
   mode:
     description:
@@ -199,6 +221,10 @@ EXAMPLES = r"""
     allow: [198.51.100.0/28]
     deny: ["203.0.113.0/24:22", "[2001:db8:dead::/48]"]
 
+- name: Fit into a host managed with ufw
+  torexit.hardening.egress_guard:
+    backend: ufw
+
 - name: Remove the guard
   torexit.hardening.egress_guard:
     state: absent
@@ -227,6 +253,10 @@ files:
   returned: always
   type: list
   elements: str
+ufw_active:
+  description: Whether ufw was active, so that its rules were reloaded (backend ufw).
+  returned: when backend is ufw
+  type: bool
 """
 
 import os
@@ -235,7 +265,9 @@ import pwd
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_host as host
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as ipt
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as nft
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_ufw as ufw
 from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy import PolicyError, build_policy, policy_digest
 
 
@@ -264,7 +296,7 @@ def _unit_enabled(module, unit):
     return rc == 0
 
 
-def present(module, run):
+def _policy(module):
     try:
         policy = build_policy(module.params, user_exists=_user_exists)
         if policy["mode"] == "exitpolicy" and module.params["deny"]:
@@ -272,7 +304,11 @@ def present(module, run):
                               "tor_exit role's exit policy" % module.params["deny"])
     except PolicyError as exc:
         module.fail_json(msg=str(exc))
-    digest = policy_digest(policy)
+    return policy, policy_digest(policy)
+
+
+def present(module, run):
+    policy, digest = _policy(module)
     text = nft.render(policy, digest)
     try:
         nft.check(run, text)
@@ -352,11 +388,257 @@ def absent(module, run):
     module.exit_json(**result)
 
 
+# --- iptables and ufw backends -----------------------------------------------------
+
+def _files(files, all_paths, keep=()):
+    """(paths to write, stale paths to remove) for a backend's persistence files."""
+    stale = [p for p in all_paths if p not in files and p not in keep and host.read(p) is not None]
+    return host.file_changes(files), stale
+
+
+def _write_files(module, files, to_write, stale, units):
+    for path in to_write:
+        content, mode = files[path]
+        host.write(module, path, content, mode)
+    for path in stale:
+        os.remove(path)
+    if not host.systemd_running():
+        return
+    if to_write or stale:
+        _systemctl(module, "daemon-reload")
+    for unit in units:
+        if not _unit_enabled(module, unit):
+            _systemctl(module, "enable", unit)
+
+
+def _other_backend_paths(mine):
+    """Relay refresh files are shared by the iptables and ufw backends: absent of
+    one keeps them while the other one is installed."""
+    other_unit = ipt.UNIT_DIR + "/" + (ufw.UNIT if mine == "iptables" else ipt.UNIT)
+    if host.read(other_unit) is None:
+        return []
+    return [ipt.RELAYS_SCRIPT, ipt.UNIT_DIR + "/" + ipt.RELAYS_UNIT, ipt.UNIT_DIR + "/" + ipt.RELAYS_TIMER]
+
+
+def _relays(module, policy):
+    if policy["relay_allowlist"]:
+        module.run_command(["/bin/sh", "-s"], data=ipt.relays_script())
+
+
+def iptables_present(module, run):
+    policy, digest = _policy(module)
+    texts = dict((fam, ipt.render(policy, digest, fam)) for fam in ("v4", "v6"))
+    live = ipt.live_state(run, policy)
+    sets_live = ipt.list_sets(run)
+    set_lines = ipt.ipset_script(policy, sets_live)
+    live_ok = not set_lines and all(live[f][0] == digest and live[f][1] for f in live)
+    persist = module.params["persist"] and host.systemd_running()
+    files = ipt.desired_files(policy, digest) if persist else {}
+    to_write, stale = _files(files, ipt.ALL_PATHS if persist else [], keep=_other_backend_paths("iptables"))
+    units = ([ipt.UNIT] + ([ipt.RELAYS_TIMER] if policy["relay_allowlist"] else [])) if persist else []
+    to_enable = [u for u in units if not _unit_enabled(module, u)]
+    changed = bool(not live_ok or to_write or stale or to_enable)
+    result = dict(changed=changed, backend="iptables", policy=policy, digest=digest,
+                  ruleset=texts["v4"] + texts["v6"], files=to_write + stale)
+    if module._diff:
+        before = "".join(host.read(ipt.RULES_FILES[f]) or "" for f in ("v4", "v6")) if persist else ""
+        if not before and live["v4"][0]:
+            before = "# loaded chains, policy sha256:%s\n" % live["v4"][0]
+        result["diff"] = {"before": result["ruleset"] if not changed else before, "after": result["ruleset"]}
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    try:
+        ipt.apply_sets(run, policy)
+        for fam, _family, _host, cmd in ipt.FAMILIES:
+            ipt.check(run, cmd, texts[fam])
+        for fam, _family, _host, cmd in ipt.FAMILIES:
+            digest_now, hooked, names = live[fam]
+            stale_chains = [c for c in names if c not in ipt.chains(policy)]
+            ipt.restore(run, cmd, ipt.render(policy, digest, fam, hook=not hooked, stale=stale_chains))
+        ipt.destroy_sets(run, ipt.stale_sets(policy, ipt.list_sets(run)))
+        _relays(module, policy)
+    except ipt.IptablesError as exc:
+        module.fail_json(msg=str(exc), **result)
+    _write_files(module, files, to_write, stale, to_enable)
+    if persist and not _unit_active(module, ipt.UNIT):
+        _systemctl(module, "start", ipt.UNIT)
+    if persist and policy["relay_allowlist"] and not _unit_active(module, ipt.RELAYS_TIMER):
+        _systemctl(module, "start", ipt.RELAYS_TIMER)
+    if any(state[0] != digest or not state[1] for state in ipt.live_state(run, policy).values()):
+        module.fail_json(msg="the guard's chains were not loaded as rendered", **result)
+    module.exit_json(**result)
+
+
+def _remove_units(module, units, paths):
+    if host.systemd_running():
+        for unit in units:
+            if host.read(ipt.UNIT_DIR + "/" + unit) is not None:
+                module.run_command(["systemctl", "disable", "--now", unit])
+    for path in paths:
+        os.remove(path)
+    if paths and host.systemd_running():
+        _systemctl(module, "daemon-reload")
+
+
+def iptables_absent(module, run):
+    keep = _other_backend_paths("iptables")
+    paths = [p for p in ipt.ALL_PATHS if p not in keep and host.read(p) is not None]
+    loaded = any(state[2] or state[1] for state in ipt.live_state(run, None).values())
+    sets = [] if ufw_block_present() else sorted(ipt.list_sets(run))
+    changed = bool(paths or loaded or sets)
+    result = dict(changed=changed, backend="iptables", files=paths)
+    if module._diff:
+        result["diff"] = {"before": "".join(host.read(ipt.RULES_FILES[f]) or "" for f in ("v4", "v6"))
+                          or ("# loaded chains\n" if loaded else ""), "after": ""}
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    units = [ipt.UNIT] + ([ipt.RELAYS_TIMER] if not keep else [])
+    _remove_units(module, units, paths)
+    try:
+        ipt.delete(run)
+    except ipt.IptablesError as exc:
+        module.fail_json(msg=str(exc), **result)
+    ipt.destroy_sets(run, sets)
+    module.exit_json(**result)
+
+
+def _ufw_paths():
+    return dict((fam, os.path.join(ufw.UFW_DIR, name)) for fam, name in ufw.RULES.items())
+
+
+def ufw_block_present():
+    return any(ufw.BEGIN in (host.read(path) or "") for path in _ufw_paths().values())
+
+
+def _ufw_active(module):
+    rc, out, _err = module.run_command(["ufw", "status"])
+    return rc == 0 and "Status: active" in out
+
+
+def _ufw_reload(module):
+    rc, out, err = module.run_command(["ufw", "reload"])
+    if rc != 0:
+        module.fail_json(msg="ufw reload failed: %s" % (err or out).strip())
+
+
+def _ufw_edit(module, run, new_block):
+    """{fam: (path, old text, new text)} of the rules files; fails naming the file."""
+    out = {}
+    for fam, path in _ufw_paths().items():
+        old = host.read(path)
+        if old is None:
+            module.fail_json(msg="backend: ufw - %s was not found; is ufw installed?" % path)
+        try:
+            out[fam] = (path, old, ufw.splice(old, new_block(fam)))
+        except ufw.UfwError as exc:
+            module.fail_json(msg="backend: ufw - %s: %s" % (path, exc))
+    return out
+
+
+def _ufw_write(module, edits):
+    for path, old, new in edits.values():
+        if new != old:
+            mode = os.stat(path).st_mode & 0o7777
+            host.write(module, path, new, mode)
+
+
+def ufw_present(module, run):
+    if not module.get_bin_path("ufw"):
+        module.fail_json(msg="backend: ufw needs the ufw command, which was not found on this host")
+    policy, digest = _policy(module)
+    edits = _ufw_edit(module, run, lambda fam: ufw.block(policy, digest, fam))
+    edited = [path for path, old, new in edits.values() if new != old]
+    set_lines = ipt.ipset_script(policy, ipt.list_sets(run))
+    active = _ufw_active(module)
+    live = ipt.live_state(run, policy, prefix=ufw.CHAIN_PREFIX)
+    live_ok = not active or all(live[f][0] == digest for f in live)
+    systemd = host.systemd_running()
+    files = ufw.desired_files(policy) if systemd else {}
+    to_write, stale = _files(files, ufw.ALL_PATHS if systemd else [], keep=_other_backend_paths("ufw"))
+    units = ([ufw.UNIT] + ([ipt.RELAYS_TIMER] if policy["relay_allowlist"] else [])) if systemd else []
+    to_enable = [u for u in units if not _unit_enabled(module, u)]
+    changed = bool(edited or set_lines or not live_ok or to_write or stale or to_enable)
+    result = dict(changed=changed, backend="ufw", policy=policy, digest=digest, ufw_active=active,
+                  ruleset="\n".join(ufw.block(policy, digest, f) for f in ("v4", "v6")) + "\n",
+                  files=edited + to_write + stale)
+    if module._diff:
+        result["diff"] = [{"before": old, "after": new, "before_header": path, "after_header": path}
+                          for path, old, new in edits.values()]
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    try:
+        ipt.apply_sets(run, policy)
+        for fam, (_path, _old, new) in edits.items():
+            ufw.validate(run, fam, new)
+    except (ipt.IptablesError, ufw.UfwError) as exc:
+        module.fail_json(msg=str(exc), **result)
+    _ufw_write(module, edits)
+    _write_files(module, files, to_write, stale, to_enable)
+    if systemd and not _unit_active(module, ufw.UNIT):
+        _systemctl(module, "start", ufw.UNIT)
+    if systemd and policy["relay_allowlist"] and not _unit_active(module, ipt.RELAYS_TIMER):
+        _systemctl(module, "start", ipt.RELAYS_TIMER)
+    if active and (edited or not live_ok):
+        _ufw_reload(module)
+    _relays(module, policy)
+    # ufw does not delete chains that left its files: drop our unreferenced leftovers
+    for _fam, _family, _host, cmd in ipt.FAMILIES:
+        names = ipt.our_chains(ipt.save(run, cmd), ufw.CHAIN_PREFIX)
+        stale_chains = [c for c in names if c not in ipt.chains(policy, ufw.CHAIN_PREFIX)]
+        if stale_chains and active:
+            ipt.restore(run, cmd, ipt.remove_text(stale_chains, False, ufw.CHAIN_PREFIX))
+    ipt.destroy_sets(run, ipt.stale_sets(policy, ipt.list_sets(run)))
+    if active and any(state[0] != digest for state in ipt.live_state(run, policy, ufw.CHAIN_PREFIX).values()):
+        module.fail_json(msg="ufw reloaded, but the guard's chains are not loaded as rendered", **result)
+    module.exit_json(**result)
+
+
+def ufw_absent(module, run):
+    keep = _other_backend_paths("ufw")
+    paths = [p for p in ufw.ALL_PATHS if p not in keep and host.read(p) is not None]
+    have_ufw = bool(module.get_bin_path("ufw"))
+    edits = _ufw_edit(module, run, lambda fam: None) if have_ufw and os.path.isdir(ufw.UFW_DIR) else {}
+    edited = [path for path, old, new in edits.values() if new != old]
+    chains = dict((cmd, ipt.our_chains(ipt.save(run, cmd), ufw.CHAIN_PREFIX)) for _f, _fa, _h, cmd in ipt.FAMILIES)
+    ipt_installed = host.read(ipt.UNIT_DIR + "/" + ipt.UNIT) is not None or any(
+        s[2] for s in ipt.live_state(run, None).values())
+    sets = [] if ipt_installed else sorted(ipt.list_sets(run))
+    changed = bool(paths or edited or any(chains.values()) or sets)
+    result = dict(changed=changed, backend="ufw", files=edited + paths)
+    if module._diff:
+        result["diff"] = [{"before": old, "after": new, "before_header": path, "after_header": path}
+                          for path, old, new in edits.values()]
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    _ufw_write(module, edits)
+    if edited and _ufw_active(module):
+        _ufw_reload(module)
+    _remove_units(module, [ufw.UNIT] + ([ipt.RELAYS_TIMER] if not keep else []), paths)
+    try:
+        for cmd, names in chains.items():
+            saved = ipt.save(run, cmd)
+            names = ipt.our_chains(saved, ufw.CHAIN_PREFIX)
+            hooked = ipt.hooked(saved, ufw.CHAIN_PREFIX, ufw.PARENT)
+            if names:
+                ipt.restore(run, cmd, ipt.remove_text(names, hooked, ufw.CHAIN_PREFIX, ufw.PARENT))
+    except ipt.IptablesError as exc:
+        module.fail_json(msg=str(exc), **result)
+    ipt.destroy_sets(run, sets)
+    module.exit_json(**result)
+
+
+BACKENDS = {
+    "nftables": (present, absent, ["nft"]),
+    "iptables": (iptables_present, iptables_absent, ["iptables-restore", "ip6tables-restore", "ipset"]),
+    "ufw": (ufw_present, ufw_absent, ["iptables-restore", "ip6tables-restore", "ipset"]),
+}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", default="present", choices=["present", "absent"]),
-            backend=dict(type="str", default="nftables", choices=["nftables"]),
+            backend=dict(type="str", default="nftables", choices=["nftables", "iptables", "ufw", "auto"]),
             mode=dict(type="str", default="enforce", choices=["enforce", "monitor", "exitpolicy"]),
             owner=dict(type="str", default="debian-tor"),
             profile=dict(type="str", choices=["small", "medium", "large", "xlarge"]),
@@ -385,16 +667,22 @@ def main():
         mutually_exclusive=[("profile", "bandwidth_mbit")],
         supports_check_mode=True,
     )
-    if not module.get_bin_path("nft"):
-        module.fail_json(msg="backend: nftables needs the nft command, which was not found on this host "
-                             "(install the Debian package nftables)")
+    backend = module.params["backend"]
+    if backend == "auto":
+        backend = "nftables" if module.get_bin_path("nft") else "iptables"
+    do_present, do_absent, commands = BACKENDS[backend]
+    for command in commands:
+        if not module.get_bin_path(command):
+            module.fail_json(msg="backend: %s needs the %s command, which was not found on this host "
+                                 "(install the Debian package %s)"
+                                 % (backend, command, "nftables" if command == "nft" else command.split("-")[0]))
 
     def run(args, data=None):
         return module.run_command(args, data=data, binary_data=True)
 
     if module.params["state"] == "absent":
-        absent(module, run)
-    present(module, run)
+        do_absent(module, run)
+    do_present(module, run)
 
 
 if __name__ == "__main__":

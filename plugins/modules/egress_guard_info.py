@@ -14,16 +14,26 @@ description:
   - Reads the egress guard's table C(inet torexit_guard) and reports its counters
     per detector, the number of active bans per ban set, and how full each kernel
     set is against its maximum size.
+  - For the C(iptables) and C(ufw) backends the counters are the packet and byte
+    counts of the guard's rules tagged with the counter's name (C(iptables-save -c)),
+    and bans and fill levels come from the ipsets C(torexit_*) (C(ipset list)); the
+    return keys are the same, set names without the C(torexit_) prefix.
   - Banned prefixes are destinations of relayed traffic; they are only returned
     with O(show_bans=true).
 author:
-  - torexit.hardening contributors
-extends_documentation_fragment: []
+  - torexit.hardening contributors (@torexit)
 attributes:
   check_mode:
+    description: The module only reads.
     support: full
-    details: The module only reads.
 options:
+  backend:
+    description:
+      - Which backend's state to read. C(auto) reads the nftables table when it is
+        loaded, else the iptables backend's chains, else the ufw backend's.
+    type: str
+    choices: [auto, nftables, iptables, ufw]
+    default: auto
   show_bans:
     description: Also return the banned prefixes and ports with the seconds they have left.
     type: bool
@@ -41,6 +51,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+backend:
+  description: The backend whose state was read (C(auto) - the one found loaded).
+  returned: always
+  type: str
+  sample: nftables
 installed:
   description: Whether the guard's table is loaded.
   returned: always
@@ -65,24 +80,39 @@ sets:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as ipt
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as nft
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_ufw as ufw
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(show_bans=dict(type="bool", default=False)),
+        argument_spec=dict(
+            backend=dict(type="str", default="auto", choices=["auto", "nftables", "iptables", "ufw"]),
+            show_bans=dict(type="bool", default=False),
+        ),
         supports_check_mode=True,
     )
-    if not module.get_bin_path("nft"):
-        module.fail_json(msg="the nft command was not found on this host (install the Debian package nftables)")
 
     def run(args, data=None):
         return module.run_command(args, data=data, binary_data=True)
 
-    state = nft.read_state(run, show_bans=module.params["show_bans"])
-    if state is None:
-        module.exit_json(changed=False, installed=False)
-    module.exit_json(changed=False, installed=True, **state)
+    readers = {
+        "nftables": ("nft", lambda: nft.read_state(run, show_bans=module.params["show_bans"])),
+        "iptables": ("iptables-save", lambda: ipt.read_state(run, module.params["show_bans"])),
+        "ufw": ("iptables-save", lambda: ipt.read_state(run, module.params["show_bans"], ufw.CHAIN_PREFIX)),
+    }
+    wanted = module.params["backend"]
+    for backend in (["nftables", "iptables", "ufw"] if wanted == "auto" else [wanted]):
+        command, read = readers[backend]
+        if not module.get_bin_path(command):
+            if wanted == "auto":
+                continue
+            module.fail_json(msg="backend: %s - the %s command was not found on this host" % (backend, command))
+        state = read()
+        if state is not None:
+            module.exit_json(changed=False, backend=backend, installed=True, **state)
+    module.exit_json(changed=False, backend=wanted, installed=False)
 
 
 if __name__ == "__main__":
