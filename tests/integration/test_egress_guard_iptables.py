@@ -1,0 +1,102 @@
+"""egress_guard with backend iptables in a namespace: apply, idempotence, check
+mode, sweep stopped while uploads pass, info counters, and absent removing only
+the guard's chains and sets."""
+from conftest import ansible_module
+from test_egress_guard import listen, probe
+
+GUARD = "torexit.hardening.egress_guard"
+BASE = {"owner": "any", "persist": False, "backend": "iptables"}
+OTHERS = "\n".join([
+    "*filter", ":ufw-before-output - [0:0]", ":ufw-user-output - [0:0]",
+    "-A OUTPUT -j ufw-before-output", "-A ufw-before-output -o lo -j ACCEPT",
+    "-A ufw-before-output -j ufw-user-output",
+    "-A ufw-user-output -p tcp --dport 25 -j REJECT", "COMMIT", ""])
+
+
+def saved(lab, cmd="iptables"):
+    text = lab.ns(lab.relay, "%s-save" % cmd, "-t", "filter").stdout
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+def test_apply_idempotence_check_mode_and_absent_removes_only_ours(lab):
+    lab.ns(lab.relay, "iptables-restore", input=OTHERS)
+    lab.ns(lab.relay, "ipset", "create", "operator_set", "hash:ip")
+    before = saved(lab)
+    check = ansible_module(lab.relay, GUARD, BASE, check=True, diff=True)
+    assert check["changed"] is True and check["backend"] == "iptables"
+    assert saved(lab) == before
+    assert "torexit_seen_v4" not in lab.ns(lab.relay, "ipset", "list", "-n").stdout
+
+    first = ansible_module(lab.relay, GUARD, BASE)
+    assert first["changed"] is True, first
+    rules = saved(lab)
+    assert rules[rules.index(":OUTPUT ACCEPT [0:0]") + 1:].count("-A OUTPUT -j TOREXIT-GUARD") == 1
+    assert "-A OUTPUT -j TOREXIT-GUARD" in saved(lab, "ip6tables")
+    assert [r for r in rules if "ufw" in r] == [r for r in before if "ufw" in r]
+    second = ansible_module(lab.relay, GUARD, BASE)
+    assert second["changed"] is False, second
+    assert ansible_module(lab.relay, GUARD, BASE, check=True)["changed"] is False
+
+    # a changed policy replaces our chains without a second hook
+    changed = ansible_module(lab.relay, GUARD, dict(BASE, horizontal_scan={"prefixes_v4": [24], "prefixes_v6": [48],
+                                                                          "hosts_strict": [16], "hosts_default": [32],
+                                                                          "hosts_web": [0]}))
+    assert changed["changed"] is True
+    rules = saved(lab)
+    assert rules.count("-A OUTPUT -j TOREXIT-GUARD") == 1
+    assert not [r for r in rules if r.startswith(":TOREXIT-HSHIT-1")]
+    assert "torexit_ban_hscan_v4_16" not in lab.ns(lab.relay, "ipset", "list", "-n").stdout
+    assert ansible_module(lab.relay, GUARD, dict(BASE, horizontal_scan=changed["policy"]["horizontal_scan"]))[
+        "changed"] is False
+
+    absent = ansible_module(lab.relay, GUARD, {"state": "absent", "backend": "iptables", "persist": False})
+    assert absent["changed"] is True, absent
+    assert saved(lab) == before
+    assert lab.ns(lab.relay, "ipset", "list", "-n").stdout.split() == ["operator_set"]
+    assert ansible_module(lab.relay, GUARD, {"state": "absent", "backend": "iptables"})["changed"] is False
+
+
+def test_bad_input_fails_and_applies_nothing(lab):
+    result = ansible_module(lab.relay, GUARD, dict(BASE, deny=["198.18.0.0/33"]))
+    assert result.get("failed") is True and "deny[0]" in result["msg"], result
+    assert not [r for r in saved(lab) if "TOREXIT" in r]
+    assert lab.ns(lab.relay, "ipset", "list", "-n").stdout.strip() == ""
+
+
+def test_sweep_is_stopped_while_uploads_and_other_hosts_pass(lab):
+    listen(lab, 22)
+    listen(lab, 443)
+    ansible_module(lab.relay, GUARD, BASE)
+    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(3000)])
+    assert sweep["ok"] <= 64 and sweep["refused"] >= 2900, sweep
+    upload = probe(lab, [["198.19.7.7", 443]] * 300, concurrency=6)
+    assert upload == {"ok": 300, "refused": 0, "timeout": 0}
+    ssh_elsewhere = probe(lab, [["198.19.%d.10" % i, 22] for i in range(1, 11)])
+    assert ssh_elsewhere["ok"] == 10, ssh_elsewhere
+    v6_sweep = probe(lab, [["2001:db8:1:%x::%x" % (i // 200, i % 200 + 1), 22] for i in range(400)])
+    assert v6_sweep["ok"] <= 64 and v6_sweep["refused"] >= 300, v6_sweep
+
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {"show_bans": True})
+    assert info["installed"] is True and info["backend"] == "iptables"
+    assert info["digest"] == ansible_module(lab.relay, GUARD, BASE)["digest"]
+    assert info["counters"]["detect_hscan"]["packets"] >= 1
+    assert info["counters"]["blocked_hscan"]["packets"] >= 2900
+    assert info["counters"]["guarded_new"]["packets"] >= 3700
+    assert {"key": "198.18.0.0 . 22"}.items() <= info["bans"]["ban_hscan_v4_16"]["entries"][0].items()
+    assert info["bans"]["ban_hscan_v6_48"]["count"] >= 1
+    assert "entries" not in ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {})["bans"][
+        "ban_hscan_v4_16"]
+    # a changed policy keeps current bans
+    assert ansible_module(lab.relay, GUARD, dict(BASE, vertical_scan={"ports": 64}))["changed"] is True
+    assert "198.18.0.0,tcp:22" in lab.ns(lab.relay, "ipset", "list", "torexit_ban_hscan_v4_16").stdout
+    assert probe(lab, [["198.18.200.1", 22]])["refused"] == 1
+
+
+def test_monitor_mode_counts_but_blocks_nothing(lab):
+    listen(lab, 22)
+    ansible_module(lab.relay, GUARD, dict(BASE, mode="monitor"))
+    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(1000)])
+    assert sweep["ok"] == 1000, sweep
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {"backend": "iptables"})
+    assert info["counters"]["detect_hscan"]["packets"] >= 1
+    assert info["counters"]["blocked_hscan"]["packets"] >= 900
