@@ -220,19 +220,21 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     return L
 
 
-def render(policy, digest, fam, hook=False, stale=()):
+def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, parent="OUTPUT"):
     """One family's `iptables-restore --noflush` input: declares (and so empties)
-    our chains, fills them, optionally inserts the OUTPUT hook, and deletes our
-    chains that the policy no longer has. Nothing else is touched."""
+    our chains, fills them, optionally hooks the entry chain (first rule of
+    OUTPUT; last of ufw's chain for the ufw backend), and deletes our chains that
+    the policy no longer has. Nothing else is touched."""
     p = policy
-    L = ["# Managed by torexit.hardening.egress_guard (backend iptables): changes here are overwritten.",
+    L = ["# Managed by torexit.hardening.egress_guard (backend %s): changes here are overwritten."
+         % ("iptables" if prefix == CHAIN_PREFIX else "ufw"),
          "# mode=%s profile=%s owner=%s reject_with=%s family=%s" % (p["mode"], p["profile"], p["owner"],
                                                                       p["reject_with"], fam),
          "*filter"]
-    L += [":%s - [0:0]" % c for c in chains(p) + list(stale)]
-    L += rules(p, digest, fam)
+    L += [":%s - [0:0]" % c for c in chains(p, prefix) + list(stale)]
+    L += rules(p, digest, fam, prefix)
     if hook:
-        L.append("-I OUTPUT 1 -j %sGUARD" % CHAIN_PREFIX)
+        L.append(("-I OUTPUT 1 -j %sGUARD" if parent == "OUTPUT" else "-A " + parent + " -j %sGUARD") % prefix)
     L += ["-X %s" % c for c in stale]
     L.append("COMMIT")
     return "\n".join(L) + "\n"
@@ -398,12 +400,15 @@ def restore(run, cmd, text):
     _cmd(run, ["%s-restore" % cmd, "--noflush"], data=text)
 
 
-def live_state(run, policy, prefix=CHAIN_PREFIX):
-    """{fam: (digest, hooked, chains)} of the loaded rules."""
+def live_state(run, prefix=CHAIN_PREFIX, parents=None):
+    """{fam: (digest, hooked, chains, parent chain exists)} of the loaded rules;
+    `parents` maps the family to the chain holding the hook (default OUTPUT)."""
     out = {}
     for fam, _family, _host, cmd in FAMILIES:
+        parent = (parents or {}).get(fam, "OUTPUT")
         saved = save(run, cmd)
-        out[fam] = (digest_of(saved, prefix), hooked(saved, prefix), our_chains(saved, prefix))
+        out[fam] = (digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
+                    parent == "OUTPUT" or (":%s " % parent) in saved)
     return out
 
 

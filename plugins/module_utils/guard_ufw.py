@@ -18,7 +18,7 @@ from __future__ import annotations
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as ipt
 
 CHAIN_PREFIX = ipt.CHAIN_PREFIX + "UFW-"
-PARENT = "ufw-before-output"
+PARENT = {"v4": "ufw-before-output", "v6": "ufw6-before-output"}
 BEGIN = "# BEGIN torexit.hardening egress_guard"
 END = "# END torexit.hardening egress_guard"
 RULES = {"v4": "before.rules", "v6": "before6.rules"}
@@ -59,7 +59,7 @@ def block(policy, digest, fam):
          "# mode=%s profile=%s owner=%s reject_with=%s" % (p["mode"], p["profile"], p["owner"], p["reject_with"])]
     L += [":%s - [0:0]" % c for c in ipt.chains(p, CHAIN_PREFIX)]
     L += ipt.rules(p, digest, fam, CHAIN_PREFIX)
-    L.append("-A %s -j %sGUARD" % (PARENT, CHAIN_PREFIX))
+    L.append("-A %s -j %sGUARD" % (PARENT[fam], CHAIN_PREFIX))
     L.append(END)
     return "\n".join(L)
 
@@ -96,8 +96,11 @@ def splice(text, new_block):
 
 
 def validate(run, fam, text):
-    """`iptables-restore --test` of the whole file: nothing is loaded."""
+    """`iptables-restore --test` of the whole file: nothing is loaded. The
+    iptables-nft test does not check jump targets, so the hook's chain is checked here."""
     cmd = "iptables" if fam == "v4" else "ip6tables"
+    if ":%s " % PARENT[fam] not in text:
+        raise UfwError("%s does not declare ufw's chain %s, which the guard hooks into" % (RULES[fam], PARENT[fam]))
     rc, out, err = run(["%s-restore" % cmd, "--test"], data=text)
     if rc != 0:
         if isinstance(err, bytes):

@@ -428,7 +428,7 @@ def _relays(module, policy):
 def iptables_present(module, run):
     policy, digest = _policy(module)
     texts = dict((fam, ipt.render(policy, digest, fam)) for fam in ("v4", "v6"))
-    live = ipt.live_state(run, policy)
+    live = ipt.live_state(run)
     sets_live = ipt.list_sets(run)
     set_lines = ipt.ipset_script(policy, sets_live)
     live_ok = not set_lines and all(live[f][0] == digest and live[f][1] for f in live)
@@ -452,7 +452,7 @@ def iptables_present(module, run):
         for fam, _family, _host, cmd in ipt.FAMILIES:
             ipt.check(run, cmd, texts[fam])
         for fam, _family, _host, cmd in ipt.FAMILIES:
-            digest_now, hooked, names = live[fam]
+            _digest, hooked, names, _parent = live[fam]
             stale_chains = [c for c in names if c not in ipt.chains(policy)]
             ipt.restore(run, cmd, ipt.render(policy, digest, fam, hook=not hooked, stale=stale_chains))
         ipt.destroy_sets(run, ipt.stale_sets(policy, ipt.list_sets(run)))
@@ -464,7 +464,7 @@ def iptables_present(module, run):
         _systemctl(module, "start", ipt.UNIT)
     if persist and policy["relay_allowlist"] and not _unit_active(module, ipt.RELAYS_TIMER):
         _systemctl(module, "start", ipt.RELAYS_TIMER)
-    if any(state[0] != digest or not state[1] for state in ipt.live_state(run, policy).values()):
+    if any(state[0] != digest or not state[1] for state in ipt.live_state(run).values()):
         module.fail_json(msg="the guard's chains were not loaded as rendered", **result)
     module.exit_json(**result)
 
@@ -483,7 +483,7 @@ def _remove_units(module, units, paths):
 def iptables_absent(module, run):
     keep = _other_backend_paths("iptables")
     paths = [p for p in ipt.ALL_PATHS if p not in keep and host.read(p) is not None]
-    loaded = any(state[2] or state[1] for state in ipt.live_state(run, None).values())
+    loaded = any(state[2] or state[1] for state in ipt.live_state(run).values())
     sets = [] if ufw_block_present() else sorted(ipt.list_sets(run))
     changed = bool(paths or loaded or sets)
     result = dict(changed=changed, backend="iptables", files=paths)
@@ -546,12 +546,14 @@ def ufw_present(module, run):
     if not module.get_bin_path("ufw"):
         module.fail_json(msg="backend: ufw needs the ufw command, which was not found on this host")
     policy, digest = _policy(module)
+    if not module.params["persist"]:
+        ufw_load_only(module, run, policy, digest)
     edits = _ufw_edit(module, run, lambda fam: ufw.block(policy, digest, fam))
     edited = [path for path, old, new in edits.values() if new != old]
     set_lines = ipt.ipset_script(policy, ipt.list_sets(run))
     active = _ufw_active(module)
-    live = ipt.live_state(run, policy, prefix=ufw.CHAIN_PREFIX)
-    live_ok = not active or all(live[f][0] == digest for f in live)
+    live = ipt.live_state(run, ufw.CHAIN_PREFIX, ufw.PARENT)
+    live_ok = not active or all(live[f][0] == digest and live[f][1] for f in live)
     systemd = host.systemd_running()
     files = ufw.desired_files(policy) if systemd else {}
     to_write, stale = _files(files, ufw.ALL_PATHS if systemd else [], keep=_other_backend_paths("ufw"))
@@ -582,14 +584,44 @@ def ufw_present(module, run):
         _ufw_reload(module)
     _relays(module, policy)
     # ufw does not delete chains that left its files: drop our unreferenced leftovers
-    for _fam, _family, _host, cmd in ipt.FAMILIES:
-        names = ipt.our_chains(ipt.save(run, cmd), ufw.CHAIN_PREFIX)
-        stale_chains = [c for c in names if c not in ipt.chains(policy, ufw.CHAIN_PREFIX)]
-        if stale_chains and active:
-            ipt.restore(run, cmd, ipt.remove_text(stale_chains, False, ufw.CHAIN_PREFIX))
+    try:
+        for fam, _family, _host, cmd in ipt.FAMILIES:
+            stale_chains = [c for c in live[fam][2] if c not in ipt.chains(policy, ufw.CHAIN_PREFIX)]
+            if stale_chains and active:
+                ipt.restore(run, cmd, ipt.remove_text(stale_chains, False, ufw.CHAIN_PREFIX))
+    except ipt.IptablesError as exc:
+        module.fail_json(msg=str(exc), **result)
     ipt.destroy_sets(run, ipt.stale_sets(policy, ipt.list_sets(run)))
-    if active and any(state[0] != digest for state in ipt.live_state(run, policy, ufw.CHAIN_PREFIX).values()):
+    if active and any(s[0] != digest or not s[1] for s in ipt.live_state(run, ufw.CHAIN_PREFIX, ufw.PARENT).values()):
         module.fail_json(msg="ufw reloaded, but the guard's chains are not loaded as rendered", **result)
+    module.exit_json(**result)
+
+
+def ufw_load_only(module, run, policy, digest):
+    """persist=false: load the block into the running ufw chains, files untouched
+    (gone with the next ufw reload)."""
+    live = ipt.live_state(run, ufw.CHAIN_PREFIX, ufw.PARENT)
+    missing = [f for f in live if not live[f][3]]
+    if missing:
+        module.fail_json(msg="backend: ufw with persist: false loads the rules into ufw's running chain %s, "
+                             "which does not exist here (is ufw active?)" % ufw.PARENT[missing[0]])
+    set_lines = ipt.ipset_script(policy, ipt.list_sets(run))
+    changed = bool(set_lines or not all(live[f][0] == digest and live[f][1] for f in live))
+    result = dict(changed=changed, backend="ufw", policy=policy, digest=digest, ufw_active=True, files=[],
+                  ruleset="\n".join(ufw.block(policy, digest, f) for f in ("v4", "v6")) + "\n")
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    try:
+        ipt.apply_sets(run, policy)
+        for fam, _family, _host, cmd in ipt.FAMILIES:
+            _digest, hooked, names, _parent = live[fam]
+            stale_chains = [c for c in names if c not in ipt.chains(policy, ufw.CHAIN_PREFIX)]
+            ipt.restore(run, cmd, ipt.render(policy, digest, fam, hook=not hooked, stale=stale_chains,
+                                             prefix=ufw.CHAIN_PREFIX, parent=ufw.PARENT[fam]))
+        ipt.destroy_sets(run, ipt.stale_sets(policy, ipt.list_sets(run)))
+        _relays(module, policy)
+    except ipt.IptablesError as exc:
+        module.fail_json(msg=str(exc), **result)
     module.exit_json(**result)
 
 
@@ -597,11 +629,11 @@ def ufw_absent(module, run):
     keep = _other_backend_paths("ufw")
     paths = [p for p in ufw.ALL_PATHS if p not in keep and host.read(p) is not None]
     have_ufw = bool(module.get_bin_path("ufw"))
-    edits = _ufw_edit(module, run, lambda fam: None) if have_ufw and os.path.isdir(ufw.UFW_DIR) else {}
+    edits = _ufw_edit(module, run, lambda fam: None) if have_ufw and module.params["persist"] else {}
     edited = [path for path, old, new in edits.values() if new != old]
     chains = dict((cmd, ipt.our_chains(ipt.save(run, cmd), ufw.CHAIN_PREFIX)) for _f, _fa, _h, cmd in ipt.FAMILIES)
     ipt_installed = host.read(ipt.UNIT_DIR + "/" + ipt.UNIT) is not None or any(
-        s[2] for s in ipt.live_state(run, None).values())
+        s[2] for s in ipt.live_state(run).values())
     sets = [] if ipt_installed else sorted(ipt.list_sets(run))
     changed = bool(paths or edited or any(chains.values()) or sets)
     result = dict(changed=changed, backend="ufw", files=edited + paths)
@@ -615,12 +647,12 @@ def ufw_absent(module, run):
         _ufw_reload(module)
     _remove_units(module, [ufw.UNIT] + ([ipt.RELAYS_TIMER] if not keep else []), paths)
     try:
-        for cmd, names in chains.items():
+        for fam, _family, _host, cmd in ipt.FAMILIES:
             saved = ipt.save(run, cmd)
             names = ipt.our_chains(saved, ufw.CHAIN_PREFIX)
-            hooked = ipt.hooked(saved, ufw.CHAIN_PREFIX, ufw.PARENT)
+            hooked = ipt.hooked(saved, ufw.CHAIN_PREFIX, ufw.PARENT[fam])
             if names:
-                ipt.restore(run, cmd, ipt.remove_text(names, hooked, ufw.CHAIN_PREFIX, ufw.PARENT))
+                ipt.restore(run, cmd, ipt.remove_text(names, hooked, ufw.CHAIN_PREFIX, ufw.PARENT[fam]))
     except ipt.IptablesError as exc:
         module.fail_json(msg=str(exc), **result)
     ipt.destroy_sets(run, sets)
