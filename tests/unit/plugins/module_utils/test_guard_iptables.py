@@ -1,0 +1,174 @@
+"""The iptables renderer: golden rulesets, ipsets and the parsing of live state."""
+import os
+
+import pytest
+
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as gi
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as gn
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+CASES = [
+    ("default", {}),
+    ("monitor-any-lists", {"mode": "monitor", "owner": "any", "allow": ["198.51.100.0/28"],
+                           "deny": ["203.0.113.0/24:22", "[2001:db8:dead::/48]:20-23", "198.18.0.0/15"]}),
+    ("large-drop", {"profile": "large", "reject_with": "drop"}),
+]
+
+
+def policy(**params):
+    p = gp.build_policy(params, user_exists=lambda name: True)
+    return p, gp.policy_digest(p)
+
+
+def golden(name, text):
+    path = os.path.join(GOLDEN, name)
+    if os.environ.get("TOREXIT_REGEN_GOLDEN"):
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_golden(name, params):
+    """Rendered rules and ipsets equal the reviewed golden copies. Regenerate with
+    TOREXIT_REGEN_GOLDEN=1 after an intended change, and review the diff."""
+    p, digest = policy(**params)
+    for fam in ("v4", "v6"):
+        text = gi.render(p, digest, fam)
+        assert text == golden("%s.%s.iptables" % (name, fam), text)
+    text = gi.ipset_file(p)
+    assert text == golden("%s.ipset" % name, text)
+
+
+def test_ban_sets_are_named_and_keyed_like_the_nftables_ones():
+    p, _d = policy(horizontal_scan={"prefixes_v4": [22, 12], "prefixes_v6": [56, 40]})
+    specs = dict((s["name"], s) for s in gi.ipsets(p))
+    for name, typ, _key, det, ban_time in gn.ban_sets(p):
+        spec = specs["torexit_" + name]
+        assert dict(spec["options"])["timeout"] == ban_time
+        assert spec["type"] == ("hash:ip,port" if "inet_service" in typ else "hash:ip")
+        if det == "hscan":   # the kernel stores the network address of the banned prefix
+            assert dict(spec["options"])["netmask"] == int(name.rsplit("_", 1)[1])
+
+
+def test_every_ban_is_checked_before_detection_and_only_enforce_rejects():
+    p, digest = policy()
+    rules = gi.rules(p, digest, "v4")
+    guard = [r for r in rules if r.startswith("-A TOREXIT-GUARD ")]
+    assert guard[-1] == "-A TOREXIT-GUARD -p tcp -j TOREXIT-DETECT"
+    bans = [r for r in guard if "torexit_ban_" in r]
+    assert len(bans) == 4 and all(r.endswith("-j REJECT --reject-with tcp-reset") for r in bans)
+    first_ban = guard.index(bans[0])
+    assert guard.index([r for r in guard if "torexit_allow_v4" in r][0]) < first_ban
+    pm, digest_m = policy(mode="monitor")
+    assert not [r for r in gi.rules(pm, digest_m, "v4") if "REJECT" in r or "DROP" in r]
+    pi, digest_i = policy(reject_with="icmp-admin-prohibited")
+    assert any(r.endswith("icmp6-adm-prohibited") for r in gi.rules(pi, digest_i, "v6"))
+
+
+def test_owner_loopback_and_established_are_excluded_first():
+    p, digest = policy()
+    guard = [r for r in gi.rules(p, digest, "v4") if r.startswith("-A TOREXIT-GUARD ")]
+    assert guard[1:5] == ["-A TOREXIT-GUARD ! -p tcp -j RETURN",
+                          "-A TOREXIT-GUARD -p tcp -m conntrack ! --ctstate NEW -j RETURN",
+                          "-A TOREXIT-GUARD -p tcp -m owner ! --uid-owner debian-tor -j RETURN",
+                          "-A TOREXIT-GUARD -o lo -p tcp -j RETURN"]
+    pa, digest_a = policy(owner="any")
+    assert not [r for r in gi.rules(pa, digest_a, "v4") if "owner" in r]
+
+
+def test_thresholds_reach_hashlimit_and_connlimit():
+    p, digest = policy(flood={"concurrent": 10, "rate": 7, "burst": 9}, vertical_scan={"ports": 0},
+                       horizontal_scan={"hosts_web": [0, 0]})
+    rules = gi.rules(p, digest, "v6")
+    flood = [r for r in rules if "connlimit" in r][0]
+    assert "--connlimit-above 10 --connlimit-mask 128" in flood
+    assert "--hashlimit-above 7/second --hashlimit-burst 9" in flood
+    assert not [r for r in rules if "-A TOREXIT-HS-WEB " in r]
+    assert not [r for r in rules if "vscan_v6 " in r and "hashlimit" in r]
+    strict48 = [r for r in rules if "-A TOREXIT-HS-STRICT " in r][0]
+    assert "--hashlimit-above 96/hour --hashlimit-burst 16" in strict48 and "--hashlimit-dstmask 48" in strict48
+    assert "--hashlimit-htable-expire 600000" in strict48
+
+
+def test_hook_and_stale_chains():
+    p, digest = policy()
+    text = gi.render(p, digest, "v4", hook=True, stale=["TOREXIT-HSHIT-2"])
+    lines = text.splitlines()
+    assert lines.count("-I OUTPUT 1 -j TOREXIT-GUARD") == 1
+    assert lines.index(":TOREXIT-HSHIT-2 - [0:0]") < lines.index("-X TOREXIT-HSHIT-2") < lines.index("COMMIT")
+    assert "OUTPUT" not in gi.render(p, digest, "v4")
+
+
+SAVED = """# Generated by iptables-save
+*filter
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [5:300]
+:TOREXIT-GUARD - [0:0]
+:TOREXIT-UFW-GUARD - [0:0]
+[12:720] -A OUTPUT -j TOREXIT-GUARD
+[4:240] -A TOREXIT-GUARD -m comment --comment "torexit.hardening egress_guard sha256:%s"
+[3:180] -A TOREXIT-GUARD -p tcp -m comment --comment guarded_new
+[2:120] -A TOREXIT-HSHIT-0 -p tcp -m comment --comment "detect_hscan" -j REJECT --reject-with tcp-reset
+[5:300] -A TOREXIT-HSHIT-1 -p tcp -m comment --comment "detect_hscan" -j REJECT --reject-with tcp-reset
+COMMIT
+""" % ("ab" * 32)
+
+
+def test_live_state_parsing():
+    assert gi.digest_of(SAVED) == "ab" * 32
+    assert gi.hooked(SAVED) is True
+    assert gi.hooked(SAVED, gi.CHAIN_PREFIX + "UFW-", "ufw-before-output") is False
+    assert gi.our_chains(SAVED) == ["TOREXIT-GUARD"]
+    assert gi.our_chains(SAVED, "TOREXIT-UFW-") == ["TOREXIT-UFW-GUARD"]
+
+
+def test_read_state_sums_counters_and_translates_ban_keys():
+    ipset_list = ("Name: torexit_ban_hscan_v4_16\nType: hash:ip,port\nRevision: 7\n"
+                  "Header: family inet hashsize 1024 maxelem 262144 timeout 600 netmask 16\n"
+                  "Members:\n198.18.0.0,tcp:22 timeout 580\n\n"
+                  "Name: operator\nType: hash:ip\nHeader: family inet\nMembers:\n10.9.9.9\n")
+
+    def run(args, data=None):
+        if args[0] == "iptables-save":
+            return 0, SAVED, ""
+        if args[0] == "ip6tables-save":
+            return 0, "*filter\nCOMMIT\n", ""
+        return 0, ipset_list, ""
+    state = gi.read_state(run, show_bans=True)
+    assert state["digest"] == "ab" * 32
+    assert state["counters"]["detect_hscan"] == {"packets": 7, "bytes": 420}
+    assert state["counters"]["guarded_new"]["packets"] == 3
+    assert state["bans"] == {"ban_hscan_v4_16": {"count": 1, "entries": [{"key": "198.18.0.0 . 22", "expires": 580}]}}
+    assert state["sets"] == {"ban_hscan_v4_16": {"elements": 1, "size": 262144}}
+
+
+def test_ipset_script_creates_swaps_and_carries_bans_over():
+    p, _d = policy(allow=["198.51.100.0/28"])
+    assert gi.ipset_script(p, {})[0].startswith("create torexit_strict_ports bitmap:port")
+    live = {}
+    for spec in gi.ipsets(p):
+        entries = [(e, None) for e in spec.get("elements") or []]
+        live[spec["name"]] = {"type": spec["type"], "entries": entries,
+                              "header": dict([("family", spec["family"])] + [(k, str(v)) for k, v in spec["options"]])}
+    assert gi.ipset_script(p, live) == []
+    assert gi.sets_ok(p, live)
+    # a ban set with another timeout is replaced with its bans and their time left
+    live["torexit_ban_hscan_v4_24"]["header"]["timeout"] = "60"
+    live["torexit_ban_hscan_v4_24"]["entries"] = [("198.18.3.0,tcp:22", 42)]
+    live["torexit_allow_v4"]["entries"] = []
+    script = gi.ipset_script(p, live)
+    assert "add -exist torexit_tmp_ban_hscan_v4_24 198.18.3.0,tcp:22 timeout 42" in script
+    assert script[-2:] == ["swap torexit_tmp_ban_hscan_v4_24 torexit_ban_hscan_v4_24",
+                           "destroy torexit_tmp_ban_hscan_v4_24"]
+    assert "add torexit_tmp_allow_v4 198.51.100.0/28" in script
+
+
+def test_port_ranges_and_zero_networks_compare_as_ipset_lists_them():
+    assert gi._keys(["203.0.113.0/24,tcp:20-22"]) == gi._keys(["203.0.113.0/24,tcp:20", "203.0.113.0/24,tcp:21",
+                                                              "203.0.113.0/24,tcp:22"])
+    p, _d = policy(deny=["0.0.0.0/0:25"])
+    deny_port = [s for s in gi.ipsets(p) if s["name"] == "torexit_deny_port_v4"][0]
+    assert deny_port["elements"] == ["0.0.0.0/1,tcp:25", "128.0.0.0/1,tcp:25"]
