@@ -4,9 +4,12 @@
 """Files and systemd units that make the egress guard survive reboots.
 
 Debian's /etc/nftables.conf starts with `flush ruleset`, so a restart or reload
-of nftables.service wipes every table. The guard's unit is `PartOf=` and
-`ReloadPropagatedFrom=` nftables.service and ordered after it: whatever
-nftables.service does, the guard's table is loaded again right after.
+of nftables.service wipes every table. Two pieces keep the guard loaded:
+- `torexit-egress-guard.service` loads it at boot (nftables.service is disabled
+  on a default Debian install) and on demand;
+- a drop-in for nftables.service appends the same load to its ExecStartPost and
+  ExecReload, so it runs right after nftables' own steps, in order. (Propagating
+  a reload to a separate unit races with nftables' flush.)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ GUARD_UNIT = "torexit-egress-guard.service"
 RELAYS_SCRIPT = "/usr/local/libexec/torexit-guard-relays"
 RELAYS_UNIT = "torexit-guard-relays.service"
 RELAYS_TIMER = "torexit-guard-relays.timer"
+NFTABLES_DROPIN = "/etc/systemd/system/nftables.service.d/torexit-egress-guard.conf"
 
 CONSENSUS_GLOBS = "/var/lib/tor/cached-microdesc-consensus /var/lib/tor-instances/*/cached-microdesc-consensus"
 
@@ -28,11 +32,12 @@ GUARD_UNIT_TEXT = """\
 [Unit]
 Description=torexit.hardening egress guard (nftables table inet torexit_guard)
 Documentation=https://docs.ansible.com/ansible/latest/collections/torexit/hardening/
-After=nftables.service
-Before=network-pre.target tor.service
+# Loaded early like nftables.service itself: before any network and before tor.
+DefaultDependencies=no
+After=local-fs.target nftables.service
+Before=network-pre.target shutdown.target tor.service tor@default.service
 Wants=network-pre.target
-PartOf=nftables.service
-ReloadPropagatedFrom=nftables.service
+Conflicts=shutdown.target
 ConditionPathExists={ruleset}
 
 [Service]
@@ -45,7 +50,7 @@ ExecReload=-{relays}
 ExecStop=-/usr/sbin/nft delete table inet torexit_guard
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=sysinit.target
 """
 
 # Known relays are never limited: relay-to-relay traffic is what makes Tor work.
@@ -67,6 +72,16 @@ v6=$(awk '$1 == "a" && $2 ~ /^\\[/ {{ sub(/^\\[/, "", $2); sub(/\\]:[0-9]+$/, ""
   [ -z "$v4" ] || echo "add element inet torexit_guard relays_v4 {{ $v4 }}"
   [ -z "$v6" ] || echo "add element inet torexit_guard relays_v6 {{ $v6 }}"
 }} | nft -f -
+"""
+
+NFTABLES_DROPIN_TEXT = """\
+# Managed by torexit.hardening.egress_guard: reload the guard's table after
+# nftables.service flushed the ruleset (start, restart, reload).
+[Service]
+ExecStartPost=-/usr/sbin/nft -f {ruleset}
+ExecStartPost=-{relays}
+ExecReload=-/usr/sbin/nft -f {ruleset}
+ExecReload=-{relays}
 """
 
 RELAYS_UNIT_TEXT = """\
@@ -105,6 +120,7 @@ def desired_files(ruleset_text, relay_allowlist):
     files = {
         RULESET: (ruleset_text, 0o600),
         os.path.join(UNIT_DIR, GUARD_UNIT): (GUARD_UNIT_TEXT.format(ruleset=RULESET, relays=RELAYS_SCRIPT), 0o644),
+        NFTABLES_DROPIN: (NFTABLES_DROPIN_TEXT.format(ruleset=RULESET, relays=RELAYS_SCRIPT), 0o644),
     }
     if relay_allowlist:
         files[RELAYS_SCRIPT] = (relays_script(), 0o755)
@@ -113,7 +129,7 @@ def desired_files(ruleset_text, relay_allowlist):
     return files
 
 
-ALL_PATHS = [RULESET, os.path.join(UNIT_DIR, GUARD_UNIT), RELAYS_SCRIPT,
+ALL_PATHS = [RULESET, os.path.join(UNIT_DIR, GUARD_UNIT), NFTABLES_DROPIN, RELAYS_SCRIPT,
              os.path.join(UNIT_DIR, RELAYS_UNIT), os.path.join(UNIT_DIR, RELAYS_TIMER)]
 
 
