@@ -51,6 +51,9 @@ def targets(spec, seed=1):
         return ((spec["host"], p) for p in ports)
     if t == "one":
         return iter(lambda: (spec["host"], spec["port"]), None)
+    if t == "pairs":
+        pairs = spec["pairs"]
+        return iter(lambda: tuple(rnd.choice(pairs)), None)
     if t == "list":
         hosts, ports = spec["hosts"], spec["ports"]
         return iter(lambda: (rnd.choice(hosts), rnd.choice(ports)), None)
@@ -156,7 +159,7 @@ class Stats:
     def add(self, outcome, started):
         self.attempts += 1
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if outcome != "ok" and (self.first_fail_s is None or started < self.first_fail_s):
+        if outcome not in ("ok", "sent") and (self.first_fail_s is None or started < self.first_fail_s):
             self.first_fail_s = started
 
     def result(self):
@@ -283,7 +286,33 @@ async def cpu(job, st):
     st.reps = reps
 
 
-KINDS = {"connect": paced, "request": paced, "pool": pool, "workers": workers, "cpu": cpu}
+async def syn(job, st):
+    """Fire-and-forget connects: connect() sends the SYN through the normal TCP
+    path (conntrack, OUTPUT hooks: what the guard sees), close() right away.
+    Many times cheaper than waiting for each handshake, like a SYN scanner."""
+    it = targets(job["targets"], job.get("seed", 1))
+    n, rate, dur = job["n"], float(job["rate"]), float(job["duration"])
+    st.t0 = t0 = time.monotonic()
+    i = 0
+    while i < n and time.monotonic() - t0 < dur:
+        now = time.monotonic() - t0
+        due = min(n, int(now * rate) + 1)
+        while i < due:
+            tgt = next(it, None)
+            if tgt is None:
+                n = i
+                break
+            s = socket.socket(socket.AF_INET6 if ":" in tgt[0] else socket.AF_INET,
+                              socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            err = s.connect_ex(tgt)
+            s.close()
+            st.add("sent" if err in (0, errno.EINPROGRESS) else classify(OSError(err, "")), now)
+            i += 1
+        await asyncio.sleep(0.002)
+    st.t_end = time.monotonic()
+
+
+KINDS = {"syn": syn, "connect": paced, "request": paced, "pool": pool, "workers": workers, "cpu": cpu}
 
 
 async def run_job(job):

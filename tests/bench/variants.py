@@ -28,6 +28,9 @@ class Variant:
     state: Callable = field(default=lambda lab: {})
     is_guard: bool = False   # targets apply to guard variants only
     fill: bool = False       # run the 200,000-destination state scenario
+    # toggles(lab) -> (on, off): cheap ways to switch the applied variant off and
+    # back on, so the CPU scenario can interleave with/without measurements
+    toggles: Callable = None
 
 
 # --- none ------------------------------------------------------------------------
@@ -51,6 +54,12 @@ def _proc_lines(lab, pattern_dir, names=None):
         if len(parts) == 2 and parts[1] != "total":
             out[parts[1]] = int(parts[0])
     return out
+
+
+def _restore_toggles(path):
+    def toggles(lab):
+        return _restore(path), lambda lab: lab.reset_relay()
+    return toggles
 
 
 def _hashlimit_state(lab):
@@ -143,18 +152,31 @@ def guard(backend="nftables", extra=""):
     def remove(lab):
         if os.path.exists(GUARD_MODULE):
             _ansible(lab, "state=absent backend=%s" % backend)
+    def toggles(lab):
+        """The table exactly as the module loaded it, without state."""
+        fam, table = GUARD_TABLE
+        snap = lab.ns(lab.relay, "nft", "-s", "list", "table", fam, table).stdout
+
+        def on(lab):
+            lab.ns(lab.relay, "nft", "-f", "-", inp=snap)
+
+        def off(lab):
+            lab.ns(lab.relay, "nft", "delete", "table", fam, table)
+        return on, off
+
     name = "guard" if backend == "nftables" else "guard-" + backend
     return Variant(name, apply, remove, _guard_state if backend == "nftables" else (lambda lab: {}),
-                   is_guard=True, fill=True)
+                   is_guard=True, fill=True, toggles=toggles if backend == "nftables" else None)
 
 
+SEED_HASHLIMIT = os.path.join(HERE, "seeds", "seed-hashlimit.rules")
+SEED_RECENT = os.path.join(HERE, "seeds", "seed-recent.rules")
 NONE = Variant("none", _nothing, _nothing)
 VARIANTS = [
     NONE,
-    Variant("seed-hashlimit", _restore(os.path.join(HERE, "seeds", "seed-hashlimit.rules")), _nothing,
-            _hashlimit_state),
-    Variant("seed-recent", _restore(os.path.join(HERE, "seeds", "seed-recent.rules")), _nothing,
-            _recent_state),
+    Variant("seed-hashlimit", _restore(SEED_HASHLIMIT), _nothing, _hashlimit_state,
+            toggles=_restore_toggles(SEED_HASHLIMIT)),
+    Variant("seed-recent", _restore(SEED_RECENT), _nothing, _recent_state, toggles=_restore_toggles(SEED_RECENT)),
     guard("nftables"),
 ]
 QUICK_VARIANTS = [NONE, guard("nftables")]
