@@ -27,14 +27,14 @@ if args:
 PY
 done
 
-# Copy what git tracks or would track (not ignored), then commit it in the copy.
+# Copy exactly what git tracks or would track (not ignored), then commit it in the
+# copy. Everything else in the copy goes, except tests/output (ansible-test's cache).
 cd "$top"
-git ls-files -co --exclude-standard -z | rsync -a --delete --from0 --files-from=- ./ "$tree/" \
-  --exclude tests/output
+find "$tree" -mindepth 1 -maxdepth 1 ! -name tests ! -name .git -exec rm -rf {} +
+find "$tree/tests" -mindepth 1 -maxdepth 1 ! -name output -exec rm -rf {} + 2>/dev/null || true
+git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$tree/"
 cd "$tree"
-# rsync --files-from does not delete files that vanished; rebuild the list.
 git init -q 2>/dev/null || true
-git ls-files -z | while IFS= read -r -d '' f; do [ -e "$top/$f" ] || rm -f "$f"; done
 git add -A >/dev/null
 git -c user.name=ci -c user.email=ci@localhost commit -q -m sanity --allow-empty >/dev/null
 export PATH="$top/.venv/bin:$PATH"
