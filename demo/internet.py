@@ -1,0 +1,37 @@
+#!/usr/bin/python3
+# Copyright: torexit.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The demo's "internet": accepts every TCP connection and reads until the peer closes.
+
+Runs in the demo's internet container, where a local route makes the whole range
+198.19.0.0/16 this container's own and an nftables redirect sends every TCP port to
+the one port this program listens on. Nothing is logged. Stops by itself after
+--lifetime seconds.
+"""
+
+import argparse
+import asyncio
+
+
+async def handle(reader, writer):
+    try:
+        while await reader.read(65536):
+            pass
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port, lifetime):
+    server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
+    async with server:
+        await asyncio.sleep(lifetime)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=7)
+    parser.add_argument("--lifetime", type=int, default=3600)
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.lifetime))
