@@ -65,7 +65,7 @@ def main():
         print("gen-docs: README.md lacks the %s / %s markers" % (START, END), file=sys.stderr)
         return 1
     head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    tail = rest.split(END, 1)[1]
     new = head + START + "\n" + role_tables() + "\n" + END + tail
     if args.check:
         if new != text:

@@ -38,4 +38,6 @@ git init -q 2>/dev/null || true
 git add -A >/dev/null
 git -c user.name=ci -c user.email=ci@localhost commit -q -m sanity --allow-empty >/dev/null
 export PATH="$top/.venv/bin:$PATH"
+# ansible-test finds the collection by the tree it runs in; a path from outside confuses it.
+unset ANSIBLE_COLLECTIONS_PATH ANSIBLE_COLLECTIONS_PATHS
 ansible-test sanity --venv --requirements --python 3.11 --color no "$@"
