@@ -60,8 +60,9 @@ RELAYS_SCRIPT_TEXT = """\
 # Managed by torexit.hardening.egress_guard.
 # Load the addresses of all relays in tor's cached consensus into the guard's
 # allow sets, replacing the previous contents in one transaction.
+# Arguments: consensus files to read instead of tor's usual places.
 set -eu
-files=$(ls {globs} 2>/dev/null || true)
+if [ $# -gt 0 ]; then files="$*"; else files=$(ls {globs} 2>/dev/null || true); fi
 [ -n "$files" ] || exit 0
 nft list table inet torexit_guard >/dev/null 2>&1 || exit 0
 v4=$(awk '$1 == "r" {{ for (i = 6; i <= 8; i++) if ($i ~ /^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$/) {{ print $i; break }} }}' $files | sort -u | paste -sd, -)

@@ -27,7 +27,7 @@ def listen(lab, port):
 
 def probe(lab, dests, concurrency=50):
     out = lab.ns(lab.relay, "python3", "probe.py", "-", input=json.dumps(
-        {"dests": dests, "concurrency": concurrency, "timeout": 1.0, "seconds": 60}),
+        {"dests": dests, "concurrency": concurrency, "timeout": 3.0, "seconds": 90}),
         cwd=__import__("os").path.dirname(__file__)).stdout
     return json.loads(out)
 
@@ -116,3 +116,38 @@ def test_coexists_with_ufw_rules_and_absent_removes_only_the_guard(lab):
     strip = [line for line in before.splitlines() if not line.startswith("#")]
     assert strip == [line for line in after.splitlines() if not line.startswith("#")]
     assert ansible_module(lab.relay, GUARD, {"state": "absent", "persist": False})["changed"] is False
+
+
+def test_ipv6_sweep_is_banned_per_48(lab):
+    listen(lab, 22)
+    ansible_module(lab.relay, GUARD, BASE)
+    sweep = probe(lab, [["2001:db8:1:0:%x::1" % i, 22] for i in range(1000)])
+    assert sweep["ok"] <= 64 and sweep["refused"] >= 900, sweep
+    bans = nft(lab, "list", "set", "inet", "torexit_guard", "ban_hscan_v6_48").stdout
+    assert "2001:db8:1:: . 22" in bans
+
+
+def test_known_relays_are_never_limited(lab, tmp_path):
+    """The relay refresher reads tor's consensus into the allow set."""
+    import sys
+    sys.path.insert(0, __import__("conftest").TOP + "/.cache/collections")
+    from ansible_collections.torexit.hardening.plugins.module_utils.guard_host import relays_script
+
+    listen(lab, 9001)
+    ansible_module(lab.relay, GUARD, dict(BASE, horizontal_scan={"hosts_default": [2, 4]}))
+    relays = ["198.18.%d.%d" % (i // 200, i % 200 + 1) for i in range(40)]
+    consensus = tmp_path / "cached-microdesc-consensus"
+    consensus.write_text("network-status-version 3 microdesc\n" + "".join(
+        "r relay%d AAAA 2026-11-23 12:00:00 %s 9001 0\nm abc\ns Fast Running Valid\n" % (i, ip)
+        for i, ip in enumerate(relays)) + "a [2001:db8:1::9]:9001\n")
+    script = tmp_path / "relays.sh"
+    script.write_text(relays_script())
+    lab.ns(lab.relay, "sh", str(script), str(consensus))
+    listed = nft(lab, "list", "set", "inet", "torexit_guard", "relays_v4").stdout
+    assert all(ip in listed for ip in relays)
+    assert "2001:db8:1::9" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v6").stdout
+    # 40 relays in few /24s on one port would be a horizontal scan with these thresholds
+    result = probe(lab, [[ip, 9001] for ip in relays])
+    assert result["ok"] == 40, result
+    stranger = probe(lab, [["198.19.9.%d" % i, 9001] for i in range(1, 21)])
+    assert stranger["refused"] > 0, stranger
