@@ -7,10 +7,12 @@ check. The last line reads `summary: N passed, N failed` and the exit code is
 non-zero when anything failed.
 """
 import argparse
+import concurrent.futures
 import glob
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 
@@ -31,7 +33,7 @@ def molecule_stages(selected):
         scenario = os.path.basename(os.path.dirname(path))
         if selected and scenario not in selected:
             continue
-        stages.append({"name": "molecule:" + scenario,
+        stages.append({"name": "molecule:" + scenario, "parallel": True,
                        "cmd": [os.path.join(VENV_BIN, "molecule"), "test", "-s", scenario]})
     return stages
 
@@ -70,6 +72,7 @@ def main():
     parser.add_argument("--only", action="append", default=[],
                         help="run only the named stage (repeatable), e.g. unit or molecule:common")
     parser.add_argument("--skip", action="append", default=[], help="skip the named stage")
+    parser.add_argument("--jobs", type=int, default=2, help="molecule scenarios run at the same time")
     args = parser.parse_args()
 
     scenarios = [s.split(":", 1)[1] for s in args.only if s.startswith("molecule:")]
@@ -84,11 +87,19 @@ def main():
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ["PATH"],
                ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
                PY_COLORS="0", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", NO_COLOR="1")
-    rows, passed, failed, skipped = [], 0, 0, 0
-    for stage in stages:
-        print("\n=== stage %s: %s" % (stage["name"], " ".join(stage["cmd"])), flush=True)
+    rows = []
+
+    def run(stage, quiet):
+        """Run one stage; with quiet, keep its output and print it in one piece."""
         start = time.monotonic()
-        rc = subprocess.call(stage["cmd"], cwd=TOP, env=env)
+        if quiet:
+            with tempfile.TemporaryFile(mode="w+") as log:
+                rc = subprocess.call(stage["cmd"], cwd=TOP, env=env, stdout=log, stderr=subprocess.STDOUT)
+                log.seek(0)
+                output = log.read()
+        else:
+            print("\n=== stage %s: %s" % (stage["name"], " ".join(stage["cmd"])), flush=True)
+            rc, output = subprocess.call(stage["cmd"], cwd=TOP, env=env), ""
         took = time.monotonic() - start
         if stage.get("junit") and os.path.exists(stage["junit"]):
             p, f, s = junit_counts(stage["junit"])
@@ -97,13 +108,29 @@ def main():
             os.remove(stage["junit"])
         else:
             p, f, s = (1, 0, 0) if rc == 0 else (0, 1, 0)
-        passed, failed, skipped = passed + p, failed + f, skipped + s
-        rows.append((stage["name"], "ok" if f == 0 else "FAILED", p, f, s, took))
-        print("=== stage %s: %s in %.0f s" % (stage["name"], rows[-1][1], took), flush=True)
-        if f and stage.get("fatal"):
-            print("=== setup stage %s failed; nothing else can run" % stage["name"], flush=True)
-            break
+        if quiet:
+            print("\n=== stage %s: %s\n%s" % (stage["name"], " ".join(stage["cmd"]), output), flush=True)
+        row = (stage["name"], "ok" if f == 0 else "FAILED", p, f, s, took)
+        print("=== stage %s: %s in %.0f s" % (stage["name"], row[1], took), flush=True)
+        return row
 
+    serial = [s for s in stages if not s.get("parallel")]
+    parallel = [s for s in stages if s.get("parallel")]
+    for stage in serial:
+        rows.append(run(stage, quiet=False))
+        if rows[-1][3] and stage.get("fatal"):
+            print("=== setup stage %s failed; nothing else can run" % stage["name"], flush=True)
+            parallel = []
+            break
+    if parallel:
+        # Molecule scenarios mostly wait on containers and package scripts: two at
+        # a time use a 2-core machine well and each keeps its own containers.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            quiet = args.jobs > 1 and len(parallel) > 1
+            rows.extend(pool.map(lambda st: run(st, quiet=quiet), parallel))
+    passed = sum(r[2] for r in rows)
+    failed = sum(r[3] for r in rows)
+    skipped = sum(r[4] for r in rows)
     print("\n%-28s %-7s %6s %6s %7s %8s" % ("stage", "result", "passed", "failed", "skipped", "seconds"))
     for name, result, p, f, s, took in rows:
         print("%-28s %-7s %6d %6d %7d %8.0f" % (name, result, p, f, s, took))
