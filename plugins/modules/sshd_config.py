@@ -187,6 +187,7 @@ refused:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_config import (
     DEFAULT_PATH,
     run,

@@ -10,6 +10,7 @@ import struct
 from types import SimpleNamespace
 
 import pytest
+
 from ansible_collections.torexit.hardening.plugins.module_utils import sshd_config as sc
 
 # Abridged `sshd -T -C user=op` output of Debian 12's OpenSSH 9.2 with its default config.
