@@ -148,9 +148,10 @@ rm -rf "$profile"
 phase_done "screenshot"
 
 say "summary"
+drill_ok=0
 python3 demo/summary.py --changed-second "$changed_second" --mode relay1=enforce --mode relay2=monitor \
   --metrics relay1="$GEN/logs/metrics-relay1.prom" --metrics relay2="$GEN/logs/metrics-relay2.prom" \
-  "${drill_rows[@]}"
+  "${drill_rows[@]}" || drill_ok=$?
 echo
 echo "exit notice:   $URL"
 echo "screenshot:    $SHOT"
@@ -161,4 +162,4 @@ printf '  %s\n' "${TIMINGS[@]}"
 printf '  %-40s %5d s\n' "total" $(( $(date +%s) - T0 ))
 echo
 echo "Remove the lab with: make demo-clean"
-[ "$changed_second" -eq 0 ]
+[ "$changed_second" -eq 0 ] && [ "$drill_ok" -eq 0 ]

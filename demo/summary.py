@@ -40,8 +40,9 @@ def main():
             good = d["passed"] == d["attempts"]
             verdict = "all passed, as it should" if good else "SOMETHING WAS BLOCKED"
         else:
-            good = d["refused"] > 0 and d["passed"] > 0
-            verdict = "stopped after %d" % d["passed"] if good else "NOT STOPPED"
+            good = d["refused"] > 0
+            verdict = ("NOT STOPPED" if not good else "stopped after %d" % d["passed"] if d["passed"]
+                       else "refused from the start (an earlier ban is still active)")
         if d.get("mbit_s"):
             verdict += " (%d Mbit/s)" % d["mbit_s"]
         ok = ok and good
