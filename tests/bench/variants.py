@@ -25,7 +25,7 @@ class Variant:
     name: str
     apply: Callable
     remove: Callable
-    state: Callable = field(default=lambda lab: {})
+    state: Callable = field(default=lambda lab, count=True: {})
     is_guard: bool = False   # targets apply to guard variants only
     fill: bool = False       # run the 200,000-destination state scenario
     # toggles(lab) -> (on, off): cheap ways to switch the applied variant off and
@@ -62,14 +62,14 @@ def _restore_toggles(path):
     return toggles
 
 
-def _hashlimit_state(lab):
+def _hashlimit_state(lab, count=True):
     entries = _proc_lines(lab, "/proc/net/ipt_hashlimit")
     # hashlimit's default htable-max is 8 x htable-size; size is set from RAM, at most 8192.
     return {"kind": "hashlimit", "sets": {k: {"elements": v, "cap": 8 * 8192} for k, v in entries.items()},
             "elements": sum(entries.values()), "bytes_est": sum(entries.values()) * 128}
 
 
-def _recent_state(lab):
+def _recent_state(lab, count=True):
     entries = _proc_lines(lab, "/proc/net/xt_recent")
     # xt_recent keeps at most ip_list_tot (default 100) addresses per list and
     # ip_pkt_list_tot (default 20) time stamps per address.
@@ -107,34 +107,64 @@ def elem_bytes(set_obj):
     return size
 
 
-def _guard_state(lab):
+def count_elements(listing):
+    """{set name: element count} from the text of `nft list table` (the JSON
+    output of hundreds of thousands of elements takes minutes to produce)."""
+    counts, name, inside, n = {}, None, False, 0
+    for line in listing.splitlines():
+        t = line.strip()
+        if t.startswith("set ") and t.endswith("{"):
+            name, inside, n = t.split()[1], False, 0
+            counts[name] = 0
+            continue
+        if name is None:
+            continue
+        if t.startswith("elements = {"):
+            inside = True
+            t = t[len("elements = {"):]
+        if inside:
+            body = t.rstrip("}").strip() if t.endswith("}") else t
+            if body:
+                n += body.count(",") + (0 if body.endswith(",") else 1)
+            if t.endswith("}"):
+                counts[name], inside = n, False
+        if t == "}" and not inside:
+            name = None
+    return counts
+
+
+def _guard_state(lab, count=True):
     fam, table = GUARD_TABLE
-    r = lab.ns(lab.relay, "nft", "-j", "list", "sets", "table", fam, table, check=False)
+    r = lab.ns(lab.relay, "nft", "-t", "-j", "list", "sets", "table", fam, table, check=False)
     if r.returncode != 0:
         return {"kind": "nftables", "error": "table %s %s missing" % GUARD_TABLE}
+    # counting elements means listing them: over a minute with 600,000 elements
+    counts = count_elements(lab.ns(lab.relay, "nft", "list", "table", fam, table, timeout=300).stdout) \
+        if count else {}
     sets, total, total_cap, uncapped = {}, 0, 0, []
     for item in json.loads(r.stdout)["nftables"]:
         s = item.get("set")
         if not s:
             continue
-        full = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "set", fam, table, s["name"],
-                                 timeout=120).stdout)
-        elems = next((i["set"].get("elem", []) for i in full["nftables"] if "set" in i), [])
         per = elem_bytes(s)
         dynamic = "dynamic" in s.get("flags", []) or "timeout" in s.get("flags", [])
         cap = s.get("size")
         if dynamic and not cap:
             uncapped.append(s["name"])
-        sets[s["name"]] = {"elements": len(elems), "cap": cap, "bytes_per_elem": per}
-        total += len(elems) * per
-        total_cap += (cap or 0) * per
+        n = counts.get(s["name"], 0)
+        sets[s["name"]] = {"elements": n if count else None, "cap": cap, "bytes_per_elem": per, "dynamic": dynamic}
+        total += n * per
+        if dynamic:
+            total_cap += (cap or 0) * per
     counters = {}
-    r = lab.ns(lab.relay, "nft", "-j", "list", "counters", "table", fam, table, check=False)
+    r = lab.ns(lab.relay, "nft", "-t", "-j", "list", "counters", "table", fam, table, check=False)
     if r.returncode == 0:
         for item in json.loads(r.stdout)["nftables"]:
             if "counter" in item:
                 counters[item["counter"]["name"]] = item["counter"]["packets"]
-    return {"kind": "nftables", "sets": sets, "counters": counters, "elements": sum(v["elements"] for v in sets.values()),
+    return {"kind": "nftables", "sets": sets, "counters": counters,
+            "elements": sum(counts.values()) if count else None,
+            "dynamic_sets": sum(1 for v in sets.values() if v["dynamic"]),
             "bytes_est": total, "cap_bytes_est": total_cap, "uncapped_dynamic_sets": uncapped}
 
 
@@ -165,13 +195,13 @@ def guard(backend="nftables", extra=""):
         return on, off
 
     name = "guard" if backend == "nftables" else "guard-" + backend
-    return Variant(name, apply, remove, _guard_state if backend == "nftables" else (lambda lab: {}),
+    return Variant(name, apply, remove, _guard_state if backend == "nftables" else (lambda lab, count=True: {}),
                    is_guard=True, fill=True, toggles=toggles if backend == "nftables" else None)
 
 
 SEED_HASHLIMIT = os.path.join(HERE, "seeds", "seed-hashlimit.rules")
 SEED_RECENT = os.path.join(HERE, "seeds", "seed-recent.rules")
-NONE = Variant("none", _nothing, _nothing)
+NONE = Variant("none", _nothing, _nothing, fill=True)
 VARIANTS = [
     NONE,
     Variant("seed-hashlimit", _restore(SEED_HASHLIMIT), _nothing, _hashlimit_state,
