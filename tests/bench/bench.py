@@ -236,8 +236,14 @@ def _state(r, n):
     if not st.get("sets"):
         return txt, None
     unc = st.get("uncapped_dynamic_sets", [])
-    txt += "; %d dynamic sets, all capped (≤ %.0f MiB est.)" % (st["dynamic_sets"], st["cap_bytes_est"] / 2**20) \
-        if not unc else "; uncapped: %s" % ",".join(unc)
+    if st.get("bytes"):
+        txt += "; sets %.1f MiB" % (st["bytes"] / 2**20)
+    if unc:
+        txt += "; uncapped: %s" % ",".join(unc)
+    else:
+        txt += "; %d dynamic sets, all capped" % st.get("dynamic_sets", 0)
+        if st.get("cap_bytes_est"):
+            txt += " (≤ %.0f MiB est. when full)" % (st["cap_bytes_est"] / 2**20)
     return txt, 0.0 if unc else 1.0
 
 
@@ -360,7 +366,7 @@ def run(args):
     started = time.time()
     chosen = V.QUICK_VARIANTS if args.quick else V.VARIANTS
     if args.variant:
-        known = {v.name: v for v in V.VARIANTS}
+        known = {v.name: v for v in V.VARIANTS + V.EXTRA_VARIANTS}
         chosen = [known[n] for n in args.variant]
     scenarios = QUICK if args.quick else [s for s in FULL if not args.scenario or s[0] in args.scenario]
     lab = L.Lab(args.prefix)
@@ -434,7 +440,9 @@ def run(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short sweep and upload, none vs guard, < 60 s")
-    ap.add_argument("--variant", action="append", default=[], help="run only this variant (repeatable)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="run only this variant (repeatable): none, seed-hashlimit, seed-recent, guard, "
+                         "guard-iptables, guard-ufw")
     ap.add_argument("--scenario", action="append", default=[], help="run only this scenario (repeatable)")
     ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
     ap.add_argument("--out", default=OUT)

@@ -168,6 +168,27 @@ def _guard_state(lab, count=True):
             "bytes_est": total, "cap_bytes_est": total_cap, "uncapped_dynamic_sets": uncapped}
 
 
+def _ipset_state(lab, count=True):
+    """ipset reports entries, maxelem and memory itself (`ipset list -t`)."""
+    r = lab.ns(lab.relay, "ipset", "list", "-t", check=False)
+    sets, name = {}, None
+    for line in r.stdout.splitlines():
+        key, _, val = line.partition(":")
+        val = val.strip()
+        if key == "Name":
+            name = val
+            sets[name] = {"elements": 0, "cap": None, "bytes": 0}
+        elif name and key == "Header" and "maxelem" in val:
+            sets[name]["cap"] = int(val.split("maxelem")[1].split()[0])
+        elif name and key == "Size in memory":
+            sets[name]["bytes"] = int(val)
+        elif name and key == "Number of entries":
+            sets[name]["elements"] = int(val)
+    return {"kind": "ipset", "sets": sets, "elements": sum(v["elements"] for v in sets.values()),
+            "bytes": sum(v["bytes"] for v in sets.values()), "dynamic_sets": len(sets),
+            "uncapped_dynamic_sets": [k for k, v in sets.items() if not v["cap"]]}
+
+
 def guard(backend="nftables", extra=""):
     # persist=false: the namespace shares the host's file system, and the lab must
     # never install boot-time units or rulesets on the host running the bench.
@@ -177,10 +198,15 @@ def guard(backend="nftables", extra=""):
         if not os.path.exists(GUARD_MODULE):
             raise RuntimeError("the guard module %s does not exist (yet): cannot apply variant"
                                % os.path.relpath(GUARD_MODULE, TOP))
+        if backend == "ufw":
+            # ufw keeps its rules in /etc/ufw, which a network namespace shares with
+            # the host: applying it here would rewrite the host's own firewall files.
+            raise RuntimeError("backend=ufw needs a private /etc (container or mount namespace); "
+                               "the bench refuses to touch the host's /etc/ufw")
         _ansible(lab, args.strip())
 
     def remove(lab):
-        if os.path.exists(GUARD_MODULE):
+        if os.path.exists(GUARD_MODULE) and backend != "ufw":
             _ansible(lab, "state=absent backend=%s" % backend)
     def toggles(lab):
         """The table exactly as the module loaded it, without state."""
@@ -195,7 +221,8 @@ def guard(backend="nftables", extra=""):
         return on, off
 
     name = "guard" if backend == "nftables" else "guard-" + backend
-    return Variant(name, apply, remove, _guard_state if backend == "nftables" else (lambda lab, count=True: {}),
+    state = {"nftables": _guard_state, "iptables": _ipset_state}.get(backend, lambda lab, count=True: {})
+    return Variant(name, apply, remove, state,
                    is_guard=True, fill=True, toggles=toggles if backend == "nftables" else None)
 
 
@@ -210,3 +237,5 @@ VARIANTS = [
     guard("nftables"),
 ]
 QUICK_VARIANTS = [NONE, guard("nftables")]
+# not in the default run (time budget); select with --variant guard-iptables
+EXTRA_VARIANTS = [guard("iptables"), guard("ufw")]
