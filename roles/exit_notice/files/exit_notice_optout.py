@@ -204,7 +204,7 @@ def origin_allowed(environ):
 
 def read_cookie(environ, name=COOKIE):
     for part in environ.get("HTTP_COOKIE", "").split(";"):
-        key, _, value = part.strip().partition("=")
+        key, _sep, value = part.strip().partition("=")
         if key == name:
             return value
     return None
@@ -400,7 +400,7 @@ def parse_args(argv):
                         help="answer /ban-visitor (nginx mirrors every page view there)")
     parser.add_argument("--nft", default="/usr/sbin/nft")
     args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
+    host, _sep, port = args.listen.rpartition(":")
     if not ipaddress.ip_address(host.strip("[]")).is_loopback:
         parser.error(f"--listen must be a loopback address, not {host}")
     if args.timeout < 1 or args.max_per_hour < 1:

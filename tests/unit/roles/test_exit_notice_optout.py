@@ -119,7 +119,7 @@ class FakeNft:
         verb, _obj, family, table, name = cmd[1:6]
         ok = family == "inet" and table == "torexit_guard" and name in self.sets
         if ok and verb == "add":
-            elem, _, timeout = cmd[6].strip("{} ").partition(" timeout ")
+            elem, _ignored, timeout = cmd[6].strip("{} ").partition(" timeout ")
             self.sets[name][elem] = timeout
         elif ok and verb == "get":
             ok = cmd[6].strip("{} ") in self.sets[name]
@@ -163,33 +163,33 @@ def test_form_then_post_adds_own_prefix():
     app, nft = make_app(prefix_v4=24, timeout=20)
     cookie, token, text = get_form(app)
     assert "198.18.77.0/24" in text and "20 seconds" in text
-    status, _, text = post(app, cookie, token, HTTP_ORIGIN="http://exit.example")
+    status, _ignored, text = post(app, cookie, token, HTTP_ORIGIN="http://exit.example")
     assert status == "200 OK", text
     assert nft.sets["optout_v4"] == {"198.18.77.0/24": "20s"}
     assert "198.18.77.0/24" in text
 
 
 def test_cookie_is_strict_and_secure_over_https():
-    app, _ = make_app()
-    _, headers, _ = call(app, HTTP_X_REAL_IP="198.18.77.1", HTTP_X_FORWARDED_PROTO="https")
+    app, _ignored = make_app()
+    _ignored, headers, _ignored = call(app, HTTP_X_REAL_IP="198.18.77.1", HTTP_X_FORWARDED_PROTO="https")
     cookie = headers["Set-Cookie"]
     assert "SameSite=Strict" in cookie and "HttpOnly" in cookie and "Secure" in cookie
-    _, headers, _ = call(app, HTTP_X_REAL_IP="198.18.77.1")
+    _ignored, headers, _ignored = call(app, HTTP_X_REAL_IP="198.18.77.1")
     assert "Secure" not in headers["Set-Cookie"]
 
 
 def test_german_form():
-    app, _ = make_app()
-    _, _, text = get_form(app, lang="de")
+    app, _ignored = make_app()
+    _ignored, _ignored, text = get_form(app, lang="de")
     assert 'lang="de"' in text and "24 Stunden" in text
 
 
 def test_post_blocks_only_the_sender_address():
     """The token is not tied to an address: what counts is X-Real-IP, never the form."""
     app, nft = make_app()
-    cookie, token, _ = get_form(app, addr="198.18.77.1")
+    cookie, token, _ignored = get_form(app, addr="198.18.77.1")
     body = urlencode({"token": token, "addr": "203.0.113.5", "net": "0.0.0.0/0"}).encode()
-    status, _, _ = call(app, "POST", body=body, HTTP_X_REAL_IP="198.18.77.1", HTTP_COOKIE=cookie)
+    status, _ignored, _ignored = call(app, "POST", body=body, HTTP_X_REAL_IP="198.18.77.1", HTTP_COOKIE=cookie)
     assert status == "200 OK"
     assert list(nft.sets["optout_v4"]) == ["198.18.77.1/32"]
 
@@ -203,11 +203,11 @@ def test_post_blocks_only_the_sender_address():
 ])
 def test_post_refused_without_matching_origin_token_and_cookie(change):
     app, nft = make_app()
-    cookie, token, _ = get_form(app)
+    cookie, token, _ignored = get_form(app)
     headers = {"HTTP_COOKIE": cookie}
     headers.update(change)
     body = urlencode({"token": token}).encode()
-    status, _, text = call(app, "POST", body=body, HTTP_X_REAL_IP="198.18.77.1", **headers)
+    status, _ignored, text = call(app, "POST", body=body, HTTP_X_REAL_IP="198.18.77.1", **headers)
     assert status == "403 Forbidden"
     assert "expired" in text
     assert nft.sets["optout_v4"] == {}
@@ -215,36 +215,36 @@ def test_post_refused_without_matching_origin_token_and_cookie(change):
 
 def test_post_with_old_token_refused():
     app, nft = make_app()
-    cookie, token, _ = get_form(app)
+    cookie, token, _ignored = get_form(app)
     app.clock = lambda: NOW + 2 * optout.WINDOW
-    status, _, _ = post(app, cookie, token)
+    status, _ignored, _ignored = post(app, cookie, token)
     assert status == "403 Forbidden"
     assert nft.sets["optout_v4"] == {}
 
 
 def test_missing_guard_gives_503():
     app, nft = make_app(FakeNft(sets=()))
-    status, _, text = call(app, HTTP_X_REAL_IP="198.18.77.1")
+    status, _ignored, text = call(app, HTTP_X_REAL_IP="198.18.77.1")
     assert status == "503 Service Unavailable"
     assert "egress guard" in text
-    status, _, _ = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW))
+    status, _ignored, _ignored = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW))
     assert status == "503 Service Unavailable"
     assert not any(cmd[1] == "add" for cmd in nft.calls)
 
 
 def test_loopback_visitor_refused():
     app, nft = make_app()
-    status, _, _ = call(app, HTTP_X_REAL_IP="127.0.0.1")
+    status, _ignored, _ignored = call(app, HTTP_X_REAL_IP="127.0.0.1")
     assert status == "400 Bad Request"
-    status, _, _ = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW),
+    status, _ignored, _ignored = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW),
                         addr="127.0.0.1")
     assert status == "400 Bad Request"
     assert nft.calls == []
 
 
 def test_visitor_address_is_escaped():
-    app, _ = make_app()
-    status, _, text = call(app, HTTP_X_REAL_IP="<script>")
+    app, _ignored = make_app()
+    status, _ignored, text = call(app, HTTP_X_REAL_IP="<script>")
     assert status == "400 Bad Request"
     assert "<script>" not in text and "&lt;script&gt;" in text
 
@@ -254,7 +254,7 @@ def test_global_rate_limit():
     results = []
     for last in (1, 2, 3):
         addr = f"198.18.77.{last}"
-        cookie, token, _ = get_form(app, addr=addr)
+        cookie, token, _ignored = get_form(app, addr=addr)
         results.append(post(app, cookie, token, addr=addr)[0])
     assert results == ["200 OK", "200 OK", "429 Too Many Requests"]
     assert len(nft.sets["optout_v4"]) == 2
@@ -272,8 +272,8 @@ def test_repeat_is_reported_as_present():
         return original(cmd, **kwargs)
 
     app.guard.run = refuse_duplicate
-    cookie, token, _ = get_form(app)
-    status, _, text = post(app, cookie, token)
+    cookie, token, _ignored = get_form(app)
+    status, _ignored, text = post(app, cookie, token)
     assert status == "200 OK" and "already in effect" in text
 
 
@@ -287,7 +287,7 @@ def test_ban_visitor_endpoint_only_when_enabled():
 
 
 def test_other_methods_and_paths():
-    app, _ = make_app()
+    app, _ignored = make_app()
     assert call(app, "PUT", HTTP_X_REAL_IP="198.18.77.1")[0] == "405 Method Not Allowed"
     assert call(app, path="/etc/passwd")[0] == "404 Not Found"
 
