@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The demo's "internet": accepts every TCP connection and reads until the peer closes.

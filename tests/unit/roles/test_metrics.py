@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""roles/metrics/files/torexit-guard-metrics: parsing nft JSON, rendering, atomic writes."""
+"""roles/metrics/files/torexit_guard_metrics.py: parsing nft JSON, rendering, atomic writes."""
 
 import importlib.machinery
 import importlib.util
@@ -11,7 +11,7 @@ import stat
 import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "metrics", "files",
-                      "torexit-guard-metrics")
+                      "torexit_guard_metrics.py")
 
 
 def load():

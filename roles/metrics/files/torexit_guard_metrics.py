@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Export the egress guard's counters and ban gauges for Prometheus.
@@ -154,7 +153,7 @@ def main(argv=None):
     try:
         state = read_nft(args.nft)
     except (RuntimeError, OSError, ValueError) as exc:
-        print("torexit-guard-metrics: %s" % exc, file=sys.stderr)
+        print("torexit_guard_metrics: %s" % exc, file=sys.stderr)
         return 1
     write_atomic(args.output, render(state))
     return 0
