@@ -24,11 +24,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RELAY_V4, NET_V4 = "240.0.0.1", "240.0.0.2"          # veth, /30
 RELAY_V6, NET_V6 = "2001:db8:ffff::1", "2001:db8:ffff::2"  # veth, /126, outside the /33
 LOCAL_V4 = "198.18.0.0/15"      # every address here is a host of the internet namespace
+LOCAL_V4_E = "244.0.0.0/6"      # class E, also local there: room to spread web sites
 LOCAL_V6 = "2001:db8::/33"
 
 SWEEP_NET = "198.18.0.0/16"     # horizontal scans (port 22, later port 3389)
 TORRENT_V4 = "198.19.0.0/20"
-WEB_SITES = "198.19.64.0/18"
+WEB_SITES = LOCAL_V4_E        # 3,000 sites over ~1,000 /16s, as on the web
 FILL_V4 = "198.19.128.0/18"     # state-exhaustion fill and CPU workload
 CDN_NET = "198.19.240.0/24"
 VSCAN_HOST = "198.19.250.1"
@@ -131,6 +132,7 @@ class Lab:
         sh("ip", "-n", self.relay, "route", "add", "default", "via", NET_V4)
         sh("ip", "-n", self.relay, "-6", "route", "add", "default", "via", NET_V6)
         sh("ip", "-n", self.net, "route", "add", "local", LOCAL_V4, "dev", "lo")
+        sh("ip", "-n", self.net, "route", "add", "local", LOCAL_V4_E, "dev", "lo")
         sh("ip", "-n", self.net, "-6", "route", "add", "local", LOCAL_V6, "dev", "lo")
         # 10 ms each way where the kernel has netem; otherwise the servers emulate
         # the path delay in their replies (see docs/bench.md).
