@@ -236,8 +236,8 @@ def test_loopback_visitor_refused():
     app, nft = make_app()
     status, _ignored, _ignored = call(app, HTTP_X_REAL_IP="127.0.0.1")
     assert status == "400 Bad Request"
-    status, _ignored, _ignored = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW),
-                        addr="127.0.0.1")
+    token = optout.make_token(SECRET, NONCE, NOW)
+    status, _ignored, _ignored = post(app, "exit_notice_optout=" + NONCE, token, addr="127.0.0.1")
     assert status == "400 Bad Request"
     assert nft.calls == []
 
