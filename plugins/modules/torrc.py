@@ -190,6 +190,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
+
 from ansible_collections.torexit.hardening.plugins.module_utils import exit_policy as ep
 from ansible_collections.torexit.hardening.plugins.module_utils import torrc
 

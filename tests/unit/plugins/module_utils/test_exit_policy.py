@@ -2,6 +2,7 @@
 """Exit policy presets and validation of extra entries."""
 
 import pytest
+
 from ansible_collections.torexit.hardening.plugins.module_utils import exit_policy as ep
 
 # tor's ReducedExitPolicy as the issue lists it (tor before 0.4.9.4-rc), typed

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from ansible_collections.torexit.hardening.plugins.module_utils import torrc
 
 SAMPLE = """## comment at the top
