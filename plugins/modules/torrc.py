@@ -258,7 +258,7 @@ def main():
         },
         mutually_exclusive=[("option", "options"), ("value", "values")],
         required_by={"value": "option", "values": "option"},
-        required_one_of=[("option", "options", "exit_policy", "purge")],
+        required_one_of=[("option", "options", "exit_policy")],
         add_file_common_args=True,
         supports_check_mode=True,
     )
