@@ -352,9 +352,12 @@ def chart(rows, results, path):
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
     colors = ["#888888", "#d9a441", "#c4573a", "#2f7d4f", "#3a6fc4", "#8a4fc4"]
     for ax, r in zip(axes.flat, rows):
-        vals = [r["numbers"].get(n) for n in names]
-        vals = [v if isinstance(v, (int, float)) and v != float("inf") else 0 for v in vals]
+        raw = [r["numbers"].get(n) for n in names]
+        vals = [v if isinstance(v, (int, float)) and v != float("inf") else 0 for v in raw]
         ax.bar(range(len(names)), vals, color=colors[:len(names)])
+        for i, v in enumerate(raw):  # no bar is not zero: say what it is
+            if not isinstance(v, (int, float)) or v == float("inf"):
+                ax.text(i, 0, "never" if v == float("inf") else "n/a", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=20, fontsize=7)
         ax.set_title(r["scenario"][:60] + ("…" if len(r["scenario"]) > 60 else ""), fontsize=7)
