@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generate the README's role variable tables from roles/*/meta/argument_specs.yml.
 
 The tables live between the markers `<!-- role-variables:start -->` and

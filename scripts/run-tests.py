@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run every stage of `make test`, time each, and end with one summary line.
 
 A stage is a command. pytest stages write JUnit XML, so their individual tests

@@ -92,7 +92,6 @@ def render(policy, digest):
 
     L = []
     add = L.append
-    add("#!/usr/sbin/nft -f")
     add("# Managed by torexit.hardening.egress_guard: changes here are overwritten.")
     add("# mode=%s profile=%s owner=%s reject_with=%s" % (p["mode"], p["profile"], p["owner"], p["reject_with"]))
     add("# Replaces only the table %s; other tables are left alone." % QUALIFIED)

@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from lab import Lab, can_use_netns  # noqa: E402
+from netlab import Lab, can_use_netns  # noqa: E402
 
 
 def ansible_module(ns, module, args, check=False, diff=False):
@@ -25,7 +25,7 @@ def ansible_module(ns, module, args, check=False, diff=False):
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
     data = json.loads(proc.stdout)
     return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
 

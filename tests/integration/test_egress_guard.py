@@ -3,7 +3,7 @@ bad input, coexistence with a ufw ruleset, and the detectors' effect on traffic.
 import json
 
 from conftest import ansible_module
-from lab import wait_port
+from netlab import wait_port
 
 GUARD = "torexit.hardening.egress_guard"
 BASE = {"owner": "any", "persist": False}
