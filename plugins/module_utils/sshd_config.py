@@ -209,7 +209,7 @@ def find_ssh_connection(environ, read_proc_environ, ppid_of, pid, limit=16):
     the nearest ancestor process that has it (bounded walk up the process tree)."""
     if environ.get("SSH_CONNECTION"):
         return environ["SSH_CONNECTION"]
-    for _ in range(limit):
+    for _step in range(limit):
         pid = ppid_of(pid)
         if not pid or pid <= 1:
             return None
@@ -273,7 +273,7 @@ def parse_key_line(line):
 def rsa_bits(blob):
     """Modulus size of an ssh-rsa public key blob (string type, mpint e, mpint n)."""
     parts, offset = [], 0
-    for _ in range(3):
+    for _field in range(3):
         (length,) = struct.unpack(">I", blob[offset:offset + 4])
         parts.append(blob[offset + 4:offset + 4 + length])
         offset += 4 + length
@@ -318,7 +318,7 @@ def authorized_keys_files(eff, user, home):
 def strict_modes_problem(path, uid, home, lstat=os.stat):
     """What sshd's StrictModes would object to on the file or its directories."""
     current = path
-    for _ in range(64):
+    for _level in range(64):
         try:
             st = lstat(current)
         except OSError as exc:
@@ -417,7 +417,7 @@ def access_problem(eff, user, groups, address):
 
 def _port_in(spec, port):
     for item in str(spec).split(","):
-        low, _, high = item.partition(":")
+        low, _sep, high = item.partition(":")
         if low.isdigit() and int(low) <= port <= int(high if high.isdigit() else low):
             return True
     return False
@@ -434,7 +434,7 @@ def ufw_open(status_text, port):
         if len(cols) < 2 or cols[0] == "To" or set(cols[0]) <= set("- "):
             continue
         to = cols[0].replace("(v6)", "").split()[0]
-        spec, _, proto = to.partition("/")
+        spec, _sep, proto = to.partition("/")
         if proto not in ("", "tcp"):
             continue
         if spec == "OpenSSH":
@@ -559,7 +559,7 @@ def check_lockout(before, after, user, groups, home, uid, address, port, read_te
     if not login_possible(after, pw_after, bool(keys_after)):
         ok_before = True
         if before is not None:
-            keys_before, _ = usable_keys(before, user, home, uid, read_text, lstat)
+            keys_before, _problems = usable_keys(before, user, home, uid, read_text, lstat)
             ok_before = login_possible(before, password_possible(before, user), bool(keys_before))
         if ok_before:
             raise Refused(
@@ -600,7 +600,7 @@ def _firewall_checker(module):
         ufw = module.get_bin_path("ufw")
         ufw_active = False
         if ufw:
-            rc, out, _ = module.run_command([ufw, "status"])
+            rc, out, _err = module.run_command([ufw, "status"])
             verdict = ufw_open(out, port) if rc == 0 else None
             ufw_active = verdict is not None
             if verdict is False:
@@ -617,7 +617,7 @@ def _firewall_checker(module):
         for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
             path = module.get_bin_path(tool)
             if path:
-                rc, out, _ = module.run_command([path, "-t", "filter"])
+                rc, out, _err = module.run_command([path, "-t", "filter"])
                 if rc == 0 and not iptables_open(out, port, skip_ufw=ufw_active):
                     return f"{tool}: INPUT drops by default and no ACCEPT rule names port {port}"
         return None

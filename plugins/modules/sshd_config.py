@@ -24,11 +24,11 @@ description:
     authorized key, 2. exclude the user through C(AllowUsers), C(AllowGroups),
     C(DenyUsers) or C(DenyGroups), or 3. add a port that the firewall does not let in,
     or stop listening on the port of the current connection.
-  - A refusal fires only on a transition from "can log in" to "cannot": a
+  - A refusal fires only on a transition from "can log in" to "cannot". A
     configuration that already excluded the user is not refused again.
   - The module does not reload sshd; reload it when RV(effective_changed) is true.
 version_added: 0.1.0
-author: torexit.hardening contributors
+author: torexit.hardening contributors (@torexit)
 options:
   settings:
     description:
@@ -110,8 +110,10 @@ notes:
   - Runs C(sshd -T), which needs root to read the host keys; use C(become).
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
 """
 

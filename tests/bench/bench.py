@@ -203,15 +203,18 @@ def _vscan(r, n):
     a, att = g(r, "flood", "arrived", "vscan"), g(r, "flood", "vscan", "attempts")
     if a is None or not att:
         return "n/a", None
-    return "%d of %d ports (%.2f%%)" % (a, att, pct(a, att)), pct(a, att)
+    share = 100.0 * a / att  # pct(a, att), which is not None here
+    return "%d of %d ports (%.2f%%)" % (a, att, share), share
 
 
 def _flood(r, n):
     a, b = g(r, "flood", "flood", "ok"), g(n, "flood", "flood", "ok")
     if a is None:
         return "n/a", None
-    p = pct(a, b)
-    return ("%d est. (%.2f%%)" % (a, p) if p is not None else "%d est." % a), p
+    if not b:  # no percentage without a baseline (pct(a, b) is None)
+        return "%d est." % a, None
+    p = 100.0 * a / b
+    return "%d est. (%.2f%%)" % (a, p), p
 
 
 def _cpu(r, n):

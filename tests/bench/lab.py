@@ -91,10 +91,10 @@ def v6_one_per_48(net, n, seed):
 
 # --- shell helpers -----------------------------------------------------------
 def sh(*cmd, check=True, capture=True, timeout=120, inp=None):
-    r = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, input=inp)
+    r = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, input=inp, check=False)
     if check and r.returncode != 0:
         raise RuntimeError("%s failed (rc %d): %s" % (" ".join(cmd), r.returncode,
-                                                     (r.stderr or r.stdout or "").strip()[-800:]))
+                                                      (r.stderr or r.stdout or "").strip()[-800:]))
     return r
 
 

@@ -95,7 +95,7 @@ def classify(exc):
     if isinstance(exc, ConnectionResetError):
         return "reset"
     if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH,
-                                                   errno.EACCES, errno.EPERM):
+                                                  errno.EACCES, errno.EPERM):
         return "unreachable"
     if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
         return "no_local_port"
@@ -232,7 +232,7 @@ async def pool(job, st):
             host, port = next(it)
             started = time.monotonic() - st.t0
             st.add(await fn(host, port, job["timeout"]), started)
-    await asyncio.gather(*(worker() for _ in range(job["concurrency"])))
+    await asyncio.gather(*(worker() for _worker in range(job["concurrency"])))
     st.t_end = time.monotonic()
 
 
@@ -243,7 +243,7 @@ async def workers(job, st):
     deadline = st.t0 + job["duration"]
 
     async def worker():
-        for _ in range(job["max_per_worker"]):
+        for _try in range(job["max_per_worker"]):
             if time.monotonic() >= deadline:
                 break
             started = time.monotonic() - st.t0
@@ -251,7 +251,7 @@ async def workers(job, st):
             st.add(outcome, started)
             if outcome != "ok":
                 await asyncio.sleep(job.get("backoff", 0.005))
-    await asyncio.gather(*(worker() for _ in range(job["workers"])))
+    await asyncio.gather(*(worker() for _worker in range(job["workers"])))
     st.t_end = time.monotonic()
 
 

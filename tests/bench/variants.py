@@ -86,7 +86,7 @@ def _ansible(lab, args):
     cmd = ["ip", "netns", "exec", lab.relay, os.path.join(TOP, ".venv", "bin", "ansible"),
            "localhost", "-c", "local", "-m", "torexit.hardening.egress_guard", "-a", args]
     import subprocess
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, check=False)
     if r.returncode != 0:
         raise RuntimeError("egress_guard %s failed (rc %d): %s" % (args, r.returncode, (r.stdout + r.stderr)[-1500:]))
     return r.stdout
@@ -170,7 +170,7 @@ def _ipset_state(lab, count=True):
     r = lab.ns(lab.relay, "ipset", "list", "-t", check=False)
     sets, name = {}, None
     for line in r.stdout.splitlines():
-        key, _, val = line.partition(":")
+        key, _sep, val = line.partition(":")
         val = val.strip()
         if key == "Name":
             name = val
@@ -205,6 +205,7 @@ def guard(backend="nftables", extra=""):
     def remove(lab):
         if os.path.exists(GUARD_MODULE) and backend != "ufw":
             _ansible(lab, "state=absent backend=%s" % backend)
+
     def toggles(lab):
         """The table exactly as the module loaded it, without state."""
         fam, table = GUARD_TABLE

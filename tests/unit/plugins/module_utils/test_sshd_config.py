@@ -164,7 +164,7 @@ def test_rsa_size_is_read_from_the_key():
 
 
 def test_key_options_are_skipped_when_parsing():
-    opts, keytype, _ = sc.parse_key_line('from="198.18.0.0/15",command="echo a b" ' + ED25519)
+    opts, keytype, _blob = sc.parse_key_line('from="198.18.0.0/15",command="echo a b" ' + ED25519)
     assert keytype == "ssh-ed25519" and opts.startswith("from=")
 
 
