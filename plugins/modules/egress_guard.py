@@ -62,7 +62,7 @@ options:
         C(iptables-restore --test) and activated with C(ufw reload), so
         C(ufw disable), C(ufw enable) and reboots behave as ufw users expect.
         The unit C(torexit-egress-guard-ufw-ipsets.service) creates the ipsets
-        before ufw starts (installed even with O(persist=false): ufw cannot load
+        before ufw starts (installed even with O(persist=false), as ufw cannot load
         the block without them). While ufw is inactive the files are written but
         nothing is loaded.
       - C(auto) - C(nftables) when the C(nft) command exists, else C(iptables).
