@@ -100,7 +100,7 @@ def _check_address(text, entry):
             raise ExitPolicyError(f"exit policy entry {entry!r}: unexpected {rest!r} after the IPv6 address")
         version = 6
     else:
-        addr, _, rest = text.partition("/")
+        addr, _sep, rest = text.partition("/")
         rest = "/" + rest if rest else ""
         version = 4
     try:
@@ -175,12 +175,12 @@ def expand_ports(entries):
     """Set of every port an ``accept *:PORTS`` entry list accepts (for tests and checks)."""
     ports = set()
     for entry in entries:
-        action, _, target = entry.partition(" ")
+        action, _sep, target = entry.partition(" ")
         if action != "accept" or not target.startswith("*:"):
             continue
         spec = target[2:]
         if spec == "*":
             return set(range(1, 65536))
-        low, _, high = spec.partition("-")
+        low, _sep, high = spec.partition("-")
         ports.update(range(int(low), int(high or low) + 1))
     return ports

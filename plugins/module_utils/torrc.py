@@ -40,7 +40,7 @@ def _split(logical):
     if not text or text.startswith("#"):
         return None, None
     text = _COMMENT_RE.sub("", text)
-    key, _, value = text.partition(" ") if " " in text else text.partition("\t")
+    key, _sep, value = text.partition(" ") if " " in text else text.partition("\t")
     return key.strip(), " ".join(value.split())
 
 

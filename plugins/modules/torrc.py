@@ -18,7 +18,7 @@ description:
   - Optionally writes a whole exit policy (a preset plus validated extra entries) and
     returns the policy in force as data.
 version_added: 0.1.0
-author: torexit.hardening contributors
+author: torexit.hardening contributors (@torexit)
 options:
   path:
     description: The torrc file, for example C(/etc/tor/torrc) or a file under C(/etc/tor/torrc.d/).
@@ -108,9 +108,11 @@ extends_documentation_fragment:
   - ansible.builtin.files
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The verification also runs in check mode, on a temporary file.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
 notes:
   - A new V(%include) line is put before the first option so that the included files
@@ -301,7 +303,7 @@ def main():
     changed = after_text != before_text or not exists
     if module._diff:
         result["diff"] = {"before": before_text, "after": after_text,
-                              "before_header": f"{path} (content)", "after_header": f"{path} (content)"}
+                          "before_header": f"{path} (content)", "after_header": f"{path} (content)"}
 
     if changed:
         fd, tmp = tempfile.mkstemp(prefix=".torrc-", dir=module.tmpdir)

@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""roles/tor_exit/files/torexit-exitpolicy-sync: parsing nft JSON, rendering, syncing."""
+"""roles/tor_exit/files/torexit_exitpolicy_sync.py: parsing nft JSON, rendering, syncing."""
 
 import importlib.machinery
 import importlib.util
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "tor_exit", "files",
-                      "torexit-exitpolicy-sync")
+                      "torexit_exitpolicy_sync.py")
 
 
 def load():
@@ -73,7 +73,7 @@ def test_real_nft_output_renders_one_reject_per_element():
 
 
 def test_prefix_length_comes_from_the_set_name_and_host_bits_are_masked():
-    entries, _ = sync.entries_from_nft(doc(
+    entries, _skipped = sync.entries_from_nft(doc(
         nft_set("ban_hscan_v4_16", [{"elem": {"val": {"concat": ["198.19.44.9", 80]}, "timeout": 60, "expires": 5}}]),
         nft_set("ban_flood_v4_32", [{"elem": {"val": {"concat": ["198.18.3.3", 8080]}, "timeout": 60,
                                               "expires": 5}}]),
@@ -100,7 +100,7 @@ def test_other_tables_families_and_unreadable_elements_are_ignored():
 def test_limit_keeps_opt_outs_then_the_most_recent_bans():
     bans = [{"elem": {"val": {"concat": [f"198.18.{i}.0", 22]}, "timeout": 600, "expires": 600 - i}}
             for i in range(10)]
-    entries, _ = sync.entries_from_nft(doc(
+    entries, _skipped = sync.entries_from_nft(doc(
         nft_set("ban_hscan_v4_24", bans),
         nft_set("optout_v4", [{"elem": {"val": "198.18.200.1", "timeout": 600, "expires": 1}}])))
     out = lines(sync.render(sync.select(entries, 4)))
@@ -110,7 +110,7 @@ def test_limit_keeps_opt_outs_then_the_most_recent_bans():
 
 
 def test_duplicates_are_written_once():
-    entries, _ = sync.entries_from_nft(doc(
+    entries, _skipped = sync.entries_from_nft(doc(
         nft_set("ban_vscan_v4_32", [{"elem": {"val": "198.18.1.1"}}]),
         nft_set("optout_v4", [{"elem": {"val": "198.18.1.1"}}])))
     assert lines(sync.render(sync.select(entries, 500))) == ["ExitPolicy reject 198.18.1.1:*"]

@@ -20,7 +20,7 @@ MONERO = {18080, 18081, 18089}
 def ports_of(text):
     ports = set()
     for item in text.replace("\n", " ").split(","):
-        low, _, high = item.strip().partition("-")
+        low, _sep, high = item.strip().partition("-")
         ports.update(range(int(low), int(high or low) + 1))
     return ports
 

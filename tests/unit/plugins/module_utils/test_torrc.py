@@ -26,8 +26,8 @@ def text_after(lines):
 
 def test_parse_reads_keys_values_comments_and_continuations():
     lines = torrc.parse(SAMPLE)
-    assert [line.key for line in lines] == [None, "Nickname", "ORPort", None, "ExitPolicy", "SocksPort",
-                                           "exitpolicy", "MyFamily"]
+    assert [line.key for line in lines] == [
+        None, "Nickname", "ORPort", None, "ExitPolicy", "SocksPort", "exitpolicy", "MyFamily"]
     assert torrc.get_values(lines, "nickname") == ["oldname"]
     assert torrc.get_values(lines, "ExitPolicy") == ["accept *:443", "reject *:*"]
     assert torrc.get_values(lines, "MyFamily") == ["$AAAA, $BBBB"]
@@ -40,8 +40,8 @@ def test_set_same_values_changes_nothing():
 
 
 def test_set_repeated_option_replaces_all_lines_at_the_first_place():
-    lines = torrc.set_option(torrc.parse(SAMPLE), "ExitPolicy", ["reject 198.18.0.0/24:25", "accept *:443",
-                                                                  "reject *:*"])
+    lines = torrc.set_option(torrc.parse(SAMPLE), "ExitPolicy",
+                             ["reject 198.18.0.0/24:25", "accept *:443", "reject *:*"])
     out = text_after(lines).splitlines()
     assert out[4:7] == ["ExitPolicy reject 198.18.0.0/24:25", "ExitPolicy accept *:443", "ExitPolicy reject *:*"]
     assert "exitpolicy reject *:*" not in out

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Turn the egress guard's ban and opt-out sets into tor ExitPolicy reject lines.
@@ -12,7 +11,8 @@ tor is not reloaded. Lines disappear when the kernel expires the set element.
 Privacy: the banned prefixes are only written to the torrc file (tor publishes
 its exit policy anyway); nothing here logs them, only counts.
 
-Python 3 standard library only; run by torexit-exitpolicy-sync.service.
+Python 3 standard library only; run by torexit-exitpolicy-sync.service as
+/usr/bin/python3 /usr/local/lib/torexit/torexit_exitpolicy_sync.py.
 """
 
 import argparse
@@ -220,7 +220,7 @@ def sync(args, document=None):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--output", default="/etc/tor/torrc.d/10-torexit-guard.conf",
                         help="included torrc file to write")
     parser.add_argument("--max-lines", type=int, default=500, help="at most this many reject lines")
