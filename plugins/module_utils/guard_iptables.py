@@ -260,11 +260,12 @@ def save(run, cmd, counters=False):
 
 
 def our_chains(saved, prefix=CHAIN_PREFIX):
-    """Chains with our prefix declared in an iptables-save text."""
-    names = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":" + prefix)]
-    if prefix == CHAIN_PREFIX:   # the ufw backend's chains are TOREXIT-UFW-*
-        names = [n for n in names if not n.startswith(CHAIN_PREFIX + "UFW-")]
-    return names
+    """The guard's chains declared in an iptables-save text: only the names
+    chains() makes, so other TOREXIT-* chains (the firewall role's TOREXIT-INPUT,
+    the ufw backend's TOREXIT-UFW-*) are never taken for ours."""
+    pattern = re.compile(r"^:(%s(?:GUARD|DETECT|SCAN|HS-(?:STRICT|WEB|DEFAULT)|HSHIT-\d+|VSHIT|FLHIT)) "
+                         % re.escape(prefix))
+    return [m.group(1) for m in map(pattern.match, saved.splitlines()) if m]
 
 
 def digest_of(saved, prefix=CHAIN_PREFIX):

@@ -7,7 +7,8 @@ from test_egress_guard import listen, probe
 GUARD = "torexit.hardening.egress_guard"
 BASE = {"owner": "any", "persist": False, "backend": "iptables"}
 OTHERS = "\n".join([
-    "*filter", ":ufw-before-output - [0:0]", ":ufw-user-output - [0:0]",
+    "*filter", ":ufw-before-output - [0:0]", ":ufw-user-output - [0:0]", ":TOREXIT-INPUT - [0:0]",
+    "-A INPUT -j TOREXIT-INPUT", "-A TOREXIT-INPUT -p tcp --dport 22 -j ACCEPT",
     "-A OUTPUT -j ufw-before-output", "-A ufw-before-output -o lo -j ACCEPT",
     "-A ufw-before-output -j ufw-user-output",
     "-A ufw-user-output -p tcp --dport 25 -j REJECT", "COMMIT", ""])
@@ -32,7 +33,7 @@ def test_apply_idempotence_check_mode_and_absent_removes_only_ours(lab):
     rules = saved(lab)
     assert rules[rules.index(":OUTPUT ACCEPT [0:0]") + 1:].count("-A OUTPUT -j TOREXIT-GUARD") == 1
     assert "-A OUTPUT -j TOREXIT-GUARD" in saved(lab, "ip6tables")
-    assert [r for r in rules if "ufw" in r] == [r for r in before if "ufw" in r]
+    assert [r for r in rules if "ufw" in r or "INPUT" in r] == [r for r in before if "ufw" in r or "INPUT" in r]
     second = ansible_module(lab.relay, GUARD, BASE)
     assert second["changed"] is False, second
     assert ansible_module(lab.relay, GUARD, BASE, check=True)["changed"] is False
