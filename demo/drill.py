@@ -53,7 +53,7 @@ def sweep():
 def flood():
     """Flood: 300 connections to one host and port as fast as possible, held open."""
     started, results, held = time.monotonic(), [], []
-    for _ in range(300):
+    for _attempt in range(300):
         s, res = connect(NET + "3.10", 8080)
         if s:
             held.append(s)
@@ -67,12 +67,12 @@ def upload():
     """Upload burst: 4 connections to one host, 16 MiB each (ordinary use)."""
     started, results, sent = time.monotonic(), [], 0
     chunk = b"\0" * 65536
-    for _ in range(4):
+    for _conn in range(4):
         s, res = connect(NET + "4.20", 443)
         if s:
             s.settimeout(10)
             try:
-                for _ in range(256):
+                for _chunk in range(256):
                     s.sendall(chunk)
                     sent += len(chunk)
             except OSError:

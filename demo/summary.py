@@ -59,7 +59,7 @@ def main():
                          if metric == "torexit_guard_bans" and v)
         print("\n%s metrics (%s):" % (relay, path))
         print("  torexit_guard_up %d   new connections %d" % (m.get(("torexit_guard_up", ""), 0),
-                                                            m.get(("torexit_guard_new_connections_total", ""), 0)))
+                                                              m.get(("torexit_guard_new_connections_total", ""), 0)))
         print("  blocked_total  %s" % blocked)
         print("  detections     %s" % detect)
         print("  active bans    %s" % (bans or "none"))
