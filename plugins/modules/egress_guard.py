@@ -62,9 +62,10 @@ options:
         C(iptables-restore --test) and activated with C(ufw reload), so
         C(ufw disable), C(ufw enable) and reboots behave as ufw users expect.
         The unit C(torexit-egress-guard-ufw-ipsets.service) creates the ipsets
-        before ufw starts (installed even with O(persist=false), as ufw cannot load
-        the block without them). While ufw is inactive the files are written but
-        nothing is loaded.
+        before ufw starts, as ufw cannot load the block without them. While ufw is
+        inactive the files are written but nothing is loaded. With
+        O(persist=false) no file is touched and the rules are loaded into the
+        running ufw chains only (ufw must be active; the next ufw reload drops them).
       - C(auto) - C(nftables) when the C(nft) command exists, else C(iptables).
         The choice is returned as RV(backend).
       - O(state=absent) removes exactly what the chosen backend added.
@@ -200,6 +201,9 @@ options:
       - Write the ruleset to C(/etc/torexit/egress-guard.nft) and install the
         systemd units that load it at boot and after every restart or reload of
         C(nftables.service). Without systemd only the kernel is changed.
+      - For O(backend=iptables), the files C(/etc/torexit/egress-guard.iptables),
+        C(.ip6tables) and C(.ipset) and C(torexit-egress-guard-iptables.service).
+        For O(backend=ufw), see O(backend).
     type: bool
     default: true
 notes:
