@@ -228,8 +228,8 @@ def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, paren
     p = policy
     L = ["# Managed by torexit.hardening.egress_guard (backend %s): changes here are overwritten."
          % ("iptables" if prefix == CHAIN_PREFIX else "ufw"),
-         "# mode=%s profile=%s owner=%s reject_with=%s family=%s" % (p["mode"], p["profile"], p["owner"],
-                                                                      p["reject_with"], fam),
+         "# mode=%s profile=%s owner=%s reject_with=%s family=%s"
+         % (p["mode"], p["profile"], p["owner"], p["reject_with"], fam),
          "*filter"]
     L += [":%s - [0:0]" % c for c in chains(p, prefix) + list(stale)]
     L += rules(p, digest, fam, prefix)
@@ -339,7 +339,7 @@ def ipset_script(policy, live):
             continue
         wanted = spec.get("elements") or []
         if set_matches(spec, cur) and (not spec["static"] or
-                                       _keys(wanted) == _keys(k for k, _ in cur["entries"])):
+                                       _keys(wanted) == _keys(entry[0] for entry in cur["entries"])):
             continue
         tmp = (SET_PREFIX + "tmp_" + name[len(SET_PREFIX):])[:31]
         lines.append("create %s %s" % (tmp, header))
