@@ -348,8 +348,10 @@ def present(module, run):
         if to_write or stale:
             _systemctl(module, "daemon-reload")
         if persist:
-            for unit in to_enable:
-                _systemctl(module, "enable", unit)
+            # A rewritten unit file may name another target in [Install]: reenable.
+            rewritten = [u for u in units if os.path.join(host.UNIT_DIR, u) in to_write]
+            for unit in sorted(set(to_enable) | set(rewritten)):
+                _systemctl(module, "reenable", unit)
             if not _unit_active(module, host.GUARD_UNIT):
                 _systemctl(module, "start", host.GUARD_UNIT)   # loads the file, then the relays
             elif not live_ok:
@@ -383,6 +385,9 @@ def absent(module, run):
                 module.run_command(["systemctl", "disable", "--now", unit])
     for path in paths:
         os.remove(path)
+    dropin_dir = os.path.dirname(host.NFTABLES_DROPIN)
+    if host.NFTABLES_DROPIN in paths and os.path.isdir(dropin_dir) and not os.listdir(dropin_dir):
+        os.rmdir(dropin_dir)  # we created it for our drop-in
     if paths and host.systemd_running():
         _systemctl(module, "daemon-reload")
     try:
