@@ -40,8 +40,8 @@ def test_apply_idempotence_check_mode_and_absent_removes_only_ours(lab):
 
     # a changed policy replaces our chains without a second hook
     changed = ansible_module(lab.relay, GUARD, dict(BASE, horizontal_scan={"prefixes_v4": [24], "prefixes_v6": [48],
-                                                                          "hosts_strict": [16], "hosts_default": [32],
-                                                                          "hosts_web": [0]}))
+                                                                           "hosts_strict": [16], "hosts_default": [32],
+                                                                           "hosts_web": [0]}))
     assert changed["changed"] is True
     rules = saved(lab)
     assert rules.count("-A OUTPUT -j TOREXIT-GUARD") == 1

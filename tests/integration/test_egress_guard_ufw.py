@@ -47,7 +47,8 @@ def inside(lab, command, **kw):
     script = ("mount --bind %s /etc/ufw && mount --bind %s/default-ufw /etc/default/ufw && %s"
               % (lab.etc, lab.tmp, command))
     return subprocess.run(["ip", "netns", "exec", lab.relay, "unshare", "-m", "--propagation", "private",
-                           "sh", "-c", script], capture_output=True, text=True, timeout=180, **kw)
+                           "sh", "-c", script], capture_output=True, text=True, timeout=180,
+                          check=kw.pop("check", False), **kw)
 
 
 def module(lab, args, check=False, diff=False, name=GUARD):
