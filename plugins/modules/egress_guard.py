@@ -319,7 +319,9 @@ def present(module, run):
     except nft.NftError as exc:
         module.fail_json(msg="the rendered ruleset does not load: %s" % exc, ruleset=text)
 
-    live_ok = nft.live_digest(run) == digest
+    live = nft.live_digest(run)
+    live_ok = live == digest
+    keep = [s[0] for s in nft.ban_sets(policy)] + ["optout_v4", "optout_v6"]
     persist = module.params["persist"] and host.systemd_running()
     files = host.desired_files(text, policy["relay_allowlist"]) if persist else {}
     stale = [p for p in host.ALL_PATHS if p not in files and host.read(p) is not None] if persist else []
@@ -333,7 +335,7 @@ def present(module, run):
     if module._diff:
         before = host.read(host.RULESET) if persist else None
         if before is None:
-            before = "" if nft.live_digest(run) is None else "# loaded table, policy sha256:%s\n" % nft.live_digest(run)
+            before = "" if live is None else "# loaded table, policy sha256:%s\n" % live
         result["diff"] = {"before": before if not live_ok or to_write else text, "after": text,
                           "before_header": "%s (current)" % host.RULESET, "after_header": "%s (wanted)" % host.RULESET}
     if module.check_mode or not changed:
@@ -355,12 +357,12 @@ def present(module, run):
             if not _unit_active(module, host.GUARD_UNIT):
                 _systemctl(module, "start", host.GUARD_UNIT)   # loads the file, then the relays
             elif not live_ok:
-                nft.apply(run, text, keep_sets=[s[0] for s in nft.ban_sets(policy)] + ["optout_v4", "optout_v6"])
+                nft.apply(run, text, keep_sets=keep)
                 module.run_command([host.RELAYS_SCRIPT])
             if policy["relay_allowlist"] and not _unit_active(module, host.RELAYS_TIMER):
                 _systemctl(module, "start", host.RELAYS_TIMER)
         elif not live_ok:
-            nft.apply(run, text, keep_sets=[s[0] for s in nft.ban_sets(policy)] + ["optout_v4", "optout_v6"])
+            nft.apply(run, text, keep_sets=keep)
             if policy["relay_allowlist"]:
                 module.run_command(["/bin/sh", "-s"], data=host.relays_script())
     except nft.NftError as exc:
