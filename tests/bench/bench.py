@@ -1,11 +1,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Abuse bench: every variant against every scenario in one run, side by side.
 
-    bench.py            full bench (~6 min): results/bench/bench.{md,json,png}
+    bench.py            full bench (~11 min): results/bench/bench.{md,json,png}
+                        none, seed-hashlimit, seed-recent and the guard's three
+                        backends (guard = nftables, guard-iptables, guard-ufw)
     bench.py --quick    short sweep + short upload, none vs guard (< 60 s)
-    bench.py --variant none --variant guard    a subset
+    bench.py --variant none --variant guard-ufw    a subset
 
-Exit code: 0 when the guard variants meet every target, 1 otherwise.
+Exit code: 0 when every guard variant meets every target, 1 otherwise.
 All numbers in the outputs come from counters read during this run.
 """
 from __future__ import annotations
@@ -139,7 +141,8 @@ def sc_fill(lab, v, q):
     res["load_s"] = round(time.monotonic() - t0, 1)
     res["conntrack"] = int(lab.ns(lab.relay, "cat", "/proc/sys/net/netfilter/nf_conntrack_count",
                                   check=False).stdout.strip() or 0)
-    res["state"] = state
+    # ipsets report their entries without listing them: read them after the fill
+    res["state"] = v.state(lab) if v.is_guard and v.name != "guard" else state
     return res
 
 
@@ -238,7 +241,9 @@ def _state(r, n):
     if not f:
         return "not run", None
     st = f.get("state") or {}
-    txt = "slab +%.1f MiB, conntrack %d" % (f["slab_delta_bytes"] / 2**20, f.get("conntrack", 0))
+    fill = f.get("fill") or {}
+    txt = "%d of %d SYN sent in %.0f s; slab %+.1f MiB, conntrack %d" % (
+        fill.get("attempts", 0), fill.get("planned") or 200000, fill.get("elapsed_s", 0), f["slab_delta_bytes"] / 2**20, f.get("conntrack", 0))
     if "error" in st:
         return txt + "; " + st["error"], None
     if not st.get("sets"):
@@ -246,6 +251,10 @@ def _state(r, n):
     unc = st.get("uncapped_dynamic_sets", [])
     if st.get("bytes"):
         txt += "; sets %.1f MiB" % (st["bytes"] / 2**20)
+    if st.get("elements") is not None:
+        txt += "; %d set entries" % st["elements"]
+    if st.get("hashlimit_entries") is not None:
+        txt += "; hashlimit entries %d" % st["hashlimit_entries"]
     if unc:
         txt += "; uncapped: %s" % ",".join(unc)
     else:
@@ -296,7 +305,8 @@ ROWS = [
      lambda x: x is not None and x >= 100.0, False),
     ("web", "web mix: 250 new conn/s, Zipf over 3,000 sites, 30% one CDN /24, 20 s: success", "≥ 99.9%",
      _succ("benign", "web"), lambda x: x is not None and x >= 99.9, False),
-    ("cpu", "CPU per new connection, guard on vs off in turn, 5×2,000 each (loadgen process: user median + kernel min)", "≤ 1.10×", _cpu,
+    ("cpu", "CPU per new connection, guard on vs off in turn (guard-ufw: ufw enabled in both), 5×2,000 each "
+     "(loadgen process: user median + kernel min)", "≤ 1.10×", _cpu,
      lambda x: x is not None and x <= 1.10, False),
     ("state", "200,000 new connections to distinct destinations: kernel memory (slab, whole machine), guard caps",
      "within caps", _state,
@@ -396,7 +406,7 @@ def run(args):
                 v.apply(lab)
                 vr["timings"]["apply_s"] = round(time.monotonic() - t, 2)
                 for name, fn in scenarios:
-                    # CPU: guard vs none only (the time budget); fill: none and guards
+                    # CPU: each guard backend on vs off (the time budget); fill: none and guards
                     if (name == "fill" and not v.fill) or (name == "cpu" and not (v.toggles and v.is_guard)):
                         continue
                     t = time.monotonic()
@@ -413,8 +423,10 @@ def run(args):
                 vr.update(status="error", error="%s: %s" % (type(exc).__name__, exc))
                 print("  %s: ERROR %s" % (v.name, vr["error"]), flush=True)
             finally:
+                t = time.monotonic()
                 try:
                     v.remove(lab)
+                    vr["timings"]["remove_s"] = round(time.monotonic() - t, 1)
                 except Exception as exc:  # noqa: BLE001
                     vr.setdefault("error", "remove failed: %s" % exc)
                 left = lab.reset_relay()
@@ -453,8 +465,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short sweep and upload, none vs guard, < 60 s")
     ap.add_argument("--variant", action="append", default=[],
-                    help="run only this variant (repeatable): none, seed-hashlimit, seed-recent, guard, "
-                         "guard-iptables, guard-ufw")
+                    help="run only this variant (repeatable): none, seed-hashlimit, seed-recent, guard "
+                         "(nftables), guard-iptables, guard-ufw; default: all of them")
     ap.add_argument("--scenario", action="append", default=[], help="run only this scenario (repeatable)")
     ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
     ap.add_argument("--out", default=OUT)

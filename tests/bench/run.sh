@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Abuse bench entry point (`make bench`; `bash tests/bench/run.sh --quick` for the slice).
-# Everything runs in namespaces it creates (tx-bench-*); the trap removes them and
-# stops the bench process even on failure or Ctrl-C.
+# Everything runs in namespaces it creates (tx-bench-*); the trap removes them, the
+# lab copies of ufw's files, and stops the bench process even on failure or Ctrl-C.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 py=.venv/bin/python
 [ -x "$py" ] || py=python3
 prefix=tx-bench-
 for a in "$@"; do [ "$a" = "--quick" ] && prefix=tx-bench-q-; done
+prev=
+for a in "$@"; do
+  [ "$prev" = "--prefix" ] && prefix=$a
+  case "$a" in --prefix=*) prefix=${a#--prefix=} ;; esac
+  prev=$a
+done
+case "$prefix" in tx-bench-*) ;; *) echo "run.sh: --prefix must start with tx-bench-" >&2; exit 2 ;; esac
 
 pid=
 cleanup() {
@@ -20,6 +27,8 @@ cleanup() {
       ip netns del "$ns" 2>/dev/null
     fi
   done
+  # lab copies of ufw's files (variant guard-ufw, tests/bench/ufwlab.py)
+  rm -rf -- "${TMPDIR:-/tmp}/${prefix}ufw-"*
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

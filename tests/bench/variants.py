@@ -4,15 +4,19 @@
 A variant is applied in the relay namespace before its scenarios run and
 removed afterwards; the lab then flushes iptables and conntrack anyway.
 `state` reports the kernel state the variant keeps (entries, caps, bytes).
-To add a variant, append a Variant to VARIANTS (or call guard(...) with
-another backend, e.g. guard("iptables") once the module supports it).
+To add a variant, append a Variant to VARIANTS (the guard's backends are
+guard("nftables"), guard("iptables") and guard("ufw")).
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
+
+import ufwlab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
@@ -78,15 +82,20 @@ def _recent_state(lab, count=True):
 
 
 # --- the collection's guard ---------------------------------------------------------
-def _ansible(lab, args):
+def _ansible(lab, args, ufw=None):
+    """Run the guard module in the relay namespace; with ufw=(tmp, etc) inside the
+    private mount namespace that holds the lab's copies of ufw's files."""
     env = dict(os.environ,
                ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
                ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
                ANSIBLE_NOCOLOR="1")
-    cmd = ["ip", "netns", "exec", lab.relay, os.path.join(TOP, ".venv", "bin", "ansible"),
-           "localhost", "-c", "local", "-m", "torexit.hardening.egress_guard", "-a", args]
-    import subprocess
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, check=False)
+    cmd = [os.path.join(TOP, ".venv", "bin", "ansible"), "localhost", "-c", "local",
+           "-m", "torexit.hardening.egress_guard", "-a", args]
+    if ufw:
+        r = ufwlab.inside(lab.relay, *ufw, shlex.join(cmd), env=env)
+    else:
+        r = subprocess.run(["ip", "netns", "exec", lab.relay] + cmd, capture_output=True, text=True, env=env,
+                           timeout=180, check=False)
     if r.returncode != 0:
         raise RuntimeError("egress_guard %s failed (rc %d): %s" % (args, r.returncode, (r.stdout + r.stderr)[-1500:]))
     return r.stdout
@@ -177,19 +186,54 @@ def _ipset_state(lab, count=True):
             sets[name] = {"elements": 0, "cap": None, "bytes": 0}
         elif name and key == "Header" and "maxelem" in val:
             sets[name]["cap"] = int(val.split("maxelem")[1].split()[0])
+            sets[name]["dynamic"] = "timeout" in val
+        elif name and key == "Header" and "range" in val:
+            # bitmap:port: one bit per port of the range, a fixed size (static here)
+            lo, _sep, hi = val.split("range")[1].split()[0].partition("-")
+            sets[name]["cap"] = int(hi or lo) - int(lo) + 1
+            sets[name]["dynamic"] = "timeout" in val
         elif name and key == "Size in memory":
             sets[name]["bytes"] = int(val)
         elif name and key == "Number of entries":
             sets[name]["elements"] = int(val)
     return {"kind": "ipset", "sets": sets, "elements": sum(v["elements"] for v in sets.values()),
-            "bytes": sum(v["bytes"] for v in sets.values()), "dynamic_sets": len(sets),
+            "bytes": sum(v["bytes"] for v in sets.values()),
+            "dynamic_sets": sum(1 for v in sets.values() if v.get("dynamic")),
             "uncapped_dynamic_sets": [k for k, v in sets.items() if not v["cap"]]}
+
+
+def _iptables_state(lab, count=True):
+    """The iptables and ufw backends: ipsets plus the entries of their hashlimit tables."""
+    st = _ipset_state(lab)
+    hl = _proc_lines(lab, "/proc/net/ipt_hashlimit")
+    hl.update({k + " (v6)": v for k, v in _proc_lines(lab, "/proc/net/ip6t_hashlimit").items()})
+    st["hashlimit_entries"] = sum(hl.values())
+    return st
+
+
+def _filter_tables(lab, snapshot):
+    """Make the relay namespace's iptables/ip6tables filter tables exactly `snapshot`
+    ({"iptables": text, "ip6tables": text} from *-save -t filter); an empty text
+    means an empty table."""
+    for tool, text in snapshot.items():
+        lab.ns(lab.relay, tool, "-t", "filter", "-F", check=False)
+        lab.ns(lab.relay, tool, "-t", "filter", "-X", check=False)
+        if text.strip():
+            lab.ns(lab.relay, tool + "-restore", inp=text)
+
+
+def _filter_snapshot(lab):
+    return {tool: lab.ns(lab.relay, tool + "-save", "-t", "filter").stdout for tool in ("iptables", "ip6tables")}
 
 
 def guard(backend="nftables", extra=""):
     # persist=false: the namespace shares the host's file system, and the lab must
-    # never install boot-time units or rulesets on the host running the bench.
+    # never install boot-time units or rulesets on the host running the bench (the
+    # ufw backend would also write /etc/torexit and a systemd unit with persist=true).
     args = "state=present backend=%s mode=enforce owner=any persist=false %s" % (backend, extra)
+    # ufw: (tmp, etc) of the lab copies of ufw's files while the variant is applied;
+    # before: the filter tables without the guard (ufw's own rules for ufw, else empty)
+    ctx = {"ufw": None, "before": None}
 
     def apply(lab):
         if not os.path.exists(GUARD_MODULE):
@@ -197,31 +241,64 @@ def guard(backend="nftables", extra=""):
                                % os.path.relpath(GUARD_MODULE, TOP))
         if backend == "ufw":
             # ufw keeps its rules in /etc/ufw, which a network namespace shares with
-            # the host: applying it here would rewrite the host's own firewall files.
-            raise RuntimeError("backend=ufw needs a private /etc (container or mount namespace); "
-                               "the bench refuses to touch the host's /etc/ufw")
-        _ansible(lab, args.strip())
+            # the host: ufw and the module run in a private mount namespace over
+            # lab copies of its files (tests/bench/ufwlab.py); ufw is enabled in the
+            # relay namespace only.
+            if not ufwlab.available():
+                raise RuntimeError("ufw is not installed on this machine")
+            ctx["ufw"] = ufwlab.copies(prefix=lab.prefix + "ufw-")
+            r = ufwlab.inside(lab.relay, *ctx["ufw"], "ufw --force enable")
+            if r.returncode != 0:
+                raise RuntimeError("ufw --force enable in %s failed: %s" % (lab.relay, (r.stdout + r.stderr)[-800:]))
+        if backend != "nftables":
+            ctx["before"] = _filter_snapshot(lab)
+        _ansible(lab, args.strip(), ufw=ctx["ufw"])
+        if backend == "ufw":
+            hook = "-A ufw-before-output -j TOREXIT-UFW-GUARD"
+            if hook not in lab.ns(lab.relay, "iptables-save", "-t", "filter").stdout:
+                raise RuntimeError("the guard is not hooked into the running ufw (%r missing)" % hook)
 
     def remove(lab):
-        if os.path.exists(GUARD_MODULE) and backend != "ufw":
-            _ansible(lab, "state=absent backend=%s" % backend)
+        try:
+            if os.path.exists(GUARD_MODULE) and (backend != "ufw" or ctx["ufw"]):
+                _ansible(lab, "state=absent backend=%s persist=false" % backend, ufw=ctx["ufw"])
+        finally:
+            if ctx["ufw"]:
+                ufwlab.inside(lab.relay, *ctx["ufw"], "ufw disable")
+                ufwlab.remove(ctx["ufw"][0])
+                ctx["ufw"] = None
 
     def toggles(lab):
-        """The table exactly as the module loaded it, without state."""
-        fam, table = GUARD_TABLE
-        snap = lab.ns(lab.relay, "nft", "-s", "list", "table", fam, table).stdout
+        """on: the rules exactly as the module loaded them, without state; off: the
+        same namespace without the guard (for ufw: ufw still enabled)."""
+        if backend == "nftables":
+            fam, table = GUARD_TABLE
+            snap = lab.ns(lab.relay, "nft", "-s", "list", "table", fam, table).stdout
+
+            def on(lab):
+                lab.ns(lab.relay, "nft", "-f", "-", inp=snap)
+
+            def off(lab):
+                lab.ns(lab.relay, "nft", "delete", "table", fam, table)
+            return on, off
+        after = _filter_snapshot(lab)
+        # sets whose entries are state (first contacts, bans): emptied at each
+        # switch-on, as the nftables table is reloaded without its elements
+        dynamic = [line.split()[1] for line in lab.ns(lab.relay, "ipset", "save").stdout.splitlines()
+                   if line.startswith("create torexit_") and " timeout " in line]
 
         def on(lab):
-            lab.ns(lab.relay, "nft", "-f", "-", inp=snap)
+            _filter_tables(lab, after)
+            for name in dynamic:
+                lab.ns(lab.relay, "ipset", "flush", name)
 
         def off(lab):
-            lab.ns(lab.relay, "nft", "delete", "table", fam, table)
+            _filter_tables(lab, ctx["before"])
         return on, off
 
     name = "guard" if backend == "nftables" else "guard-" + backend
-    state = {"nftables": _guard_state, "iptables": _ipset_state}.get(backend, lambda lab, count=True: {})
-    return Variant(name, apply, remove, state,
-                   is_guard=True, fill=True, toggles=toggles if backend == "nftables" else None)
+    state = _guard_state if backend == "nftables" else _iptables_state
+    return Variant(name, apply, remove, state, is_guard=True, fill=True, toggles=toggles)
 
 
 SEED_HASHLIMIT = os.path.join(HERE, "seeds", "seed-hashlimit.rules")
@@ -233,7 +310,8 @@ VARIANTS = [
             toggles=_restore_toggles(SEED_HASHLIMIT)),
     Variant("seed-recent", _restore(SEED_RECENT), _nothing, _recent_state, toggles=_restore_toggles(SEED_RECENT)),
     guard("nftables"),
+    guard("iptables"),
+    guard("ufw"),
 ]
-QUICK_VARIANTS = [NONE, guard("nftables")]
-# not in the default run (time budget); select with --variant guard-iptables
-EXTRA_VARIANTS = [guard("iptables"), guard("ufw")]
+QUICK_VARIANTS = [NONE, VARIANTS[3]]
+EXTRA_VARIANTS = []

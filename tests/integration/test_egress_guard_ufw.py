@@ -5,14 +5,14 @@ Apply, idempotence, check mode, validation, ufw reload/disable/enable, sweep
 stopped while uploads pass, persist=false loading, absent removing only ours."""
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import pytest
 from conftest import TOP
 from test_egress_guard import listen, probe
+
+sys.path.insert(0, os.path.join(TOP, "tests", "bench"))
+import ufwlab as ufw_files  # noqa: E402  (shared with the bench's guard-ufw variant)
 
 GUARD = "torexit.hardening.egress_guard"
 BASE = {"owner": "any", "backend": "ufw"}
@@ -20,35 +20,18 @@ BASE = {"owner": "any", "backend": "ufw"}
 
 @pytest.fixture
 def ufwlab(lab):
-    if not (shutil.which("ufw") and os.path.isdir("/etc/ufw") and os.path.exists("/etc/default/ufw")):
+    if not ufw_files.available():
         pytest.skip("needs ufw installed on the test machine")
-    tmp = tempfile.mkdtemp(prefix="txfw-ufw-")
-    etc = os.path.join(tmp, "ufw")
-    shutil.copytree("/etc/ufw", etc, symlinks=True)
-    with open(os.path.join(etc, "ufw.conf"), "w") as f:
-        f.write("ENABLED=no\nLOGLEVEL=off\n")
-    with open("/etc/default/ufw") as f:
-        default = f.read()
-    open(os.path.join(tmp, "sysctl.conf"), "w").close()   # ufw must not write sysctls
-    default = "\n".join("IPT_SYSCTL=%s/sysctl.conf" % tmp if line.startswith("IPT_SYSCTL=") else line
-                        for line in default.splitlines()) + "\n"
-    with open(os.path.join(tmp, "default-ufw"), "w") as f:
-        f.write(default)
-    lab.tmp = tmp
-    lab.etc = etc
+    lab.tmp, lab.etc = ufw_files.copies()
     try:
         yield lab
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        ufw_files.remove(lab.tmp)
 
 
 def inside(lab, command, **kw):
     """Run a shell command in the relay namespace with the lab's ufw files."""
-    script = ("mount --bind %s /etc/ufw && mount --bind %s/default-ufw /etc/default/ufw && %s"
-              % (lab.etc, lab.tmp, command))
-    return subprocess.run(["ip", "netns", "exec", lab.relay, "unshare", "-m", "--propagation", "private",
-                           "sh", "-c", script], capture_output=True, text=True, timeout=180,
-                          check=kw.pop("check", False), **kw)
+    return ufw_files.inside(lab.relay, lab.tmp, lab.etc, command, **kw)
 
 
 def module(lab, args, check=False, diff=False, name=GUARD):
