@@ -3,9 +3,11 @@
 
 A visitor of the exit notice page presses a button, and this exit stops opening
 new connections to the visitor's own address (or its /24 or /64) for a while.
-The service only writes the egress guard's opt-out sets
-(`inet torexit_guard` `optout_v4` / `optout_v6`, see docs/guard-sets.md);
-the guard, or the tor_exit role's ExitPolicy sync, does the refusing.
+The service only writes the egress guard's opt-out sets, see docs/guard-sets.md:
+`inet torexit_guard` `optout_v4` / `optout_v6` of the nftables backend, or the
+ipsets `torexit_optout_v4` / `torexit_optout_v6` of the iptables and ufw backends
+(every one of them that exists, should a host hold both); the guard, or the
+tor_exit role's ExitPolicy sync, does the refusing.
 
 It listens on 127.0.0.1 behind nginx, which passes the visitor's address in
 X-Real-IP (from $remote_addr, never from anything the visitor sends), the
@@ -36,6 +38,8 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 TABLE = "torexit_guard"
+IPSET_PREFIX = "torexit_"
+IPSET_MAX_TIMEOUT = 2147483  # ipset's limit for an element's timeout, in seconds (24.8 days)
 WINDOW = 600  # seconds per token window; a form is valid for 10 to 20 minutes
 COOKIE = "exit_notice_optout"
 MAX_BODY = 4096
@@ -221,36 +225,69 @@ def duration(seconds, lang="en"):
 
 
 class Guard:
-    """The egress guard's opt-out sets, written with nft."""
+    """The egress guard's opt-out sets: the nftables set `inet torexit_guard optout_vN`
+    (written with nft) and the ipset `torexit_optout_vN` of the iptables and ufw
+    backends (written with ipset). An opt-out goes to each of them that exists."""
 
-    def __init__(self, nft="/usr/sbin/nft", table=TABLE, run=subprocess.run):
+    def __init__(self, nft="/usr/sbin/nft", table=TABLE, run=subprocess.run, ipset="/usr/sbin/ipset"):
         self.nft = nft
         self.table = table
         self.run = run
+        self.ipset = ipset
 
-    def _nft(self, *args):
-        return self.run([self.nft] + list(args), capture_output=True, text=True, timeout=10, check=False)
+    def _cmd(self, argv):
+        try:
+            return self.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except OSError:  # program not installed: that backend is absent
+            return subprocess.CompletedProcess(argv, 127, "", "")
 
     @staticmethod
     def set_name(net):
         return f"optout_v{net.version}"
 
-    def available(self, net):
-        return self._nft("list", "set", "inet", self.table, self.set_name(net)).returncode == 0
+    @staticmethod
+    def ipset_element(net):
+        """ipset's notation: a host without /32 or /128, a network with its length."""
+        return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
-    def contains(self, net):
-        return self._nft("get", "element", "inet", self.table, self.set_name(net),
-                         f"{{ {net} }}").returncode == 0
+    def backends(self, net):
+        """The backends holding an opt-out set for `net`'s family: 'nftables', 'ipset'."""
+        name = self.set_name(net)
+        found = []
+        if self._cmd([self.nft, "list", "set", "inet", self.table, name]).returncode == 0:
+            found.append("nftables")
+        if self._cmd([self.ipset, "list", "-n", IPSET_PREFIX + name]).returncode == 0:
+            found.append("ipset")
+        return found
+
+    def available(self, net):
+        return bool(self.backends(net))
+
+    def _add(self, backend, net, timeout):
+        if backend == "nftables":
+            argv = [self.nft, "add", "element", "inet", self.table, self.set_name(net),
+                    f"{{ {net} timeout {int(timeout)}s }}"]
+        else:  # -exist: an element already there gets the new timeout
+            argv = [self.ipset, "-exist", "add", IPSET_PREFIX + self.set_name(net), self.ipset_element(net),
+                    "timeout", str(int(timeout))]
+        return self._cmd(argv).returncode == 0
+
+    def _contains(self, backend, net):
+        if backend == "nftables":
+            argv = [self.nft, "get", "element", "inet", self.table, self.set_name(net), f"{{ {net} }}"]
+        else:
+            argv = [self.ipset, "test", IPSET_PREFIX + self.set_name(net), self.ipset_element(net)]
+        return self._cmd(argv).returncode == 0
 
     def add(self, net, timeout):
         """Add `net` for `timeout` seconds; return 'added' or 'present'."""
-        if not self.available(net):
+        backends = self.backends(net)
+        if not backends:
             raise OptOutError("unavailable", "503 Service Unavailable")
-        result = self._nft("add", "element", "inet", self.table, self.set_name(net),
-                           f"{{ {net} timeout {int(timeout)}s }}")
-        if result.returncode == 0:
+        added = [self._add(backend, net, timeout) for backend in backends]
+        if any(added):
             return "added"
-        if self.contains(net):
+        if any(self._contains(backend, net) for backend in backends):
             return "present"
         raise OptOutError("failed", "500 Internal Server Error")
 
@@ -399,19 +436,22 @@ def parse_args(argv):
     parser.add_argument("--ban-visitors", action="store_true",
                         help="answer /ban-visitor (nginx mirrors every page view there)")
     parser.add_argument("--nft", default="/usr/sbin/nft")
+    parser.add_argument("--ipset", default="/usr/sbin/ipset")
     args = parser.parse_args(argv)
     host, _sep, port = args.listen.rpartition(":")
     if not ipaddress.ip_address(host.strip("[]")).is_loopback:
         parser.error(f"--listen must be a loopback address, not {host}")
     if args.timeout < 1 or args.max_per_hour < 1:
         parser.error("--timeout and --max-per-hour must be positive")
+    if args.timeout > IPSET_MAX_TIMEOUT:
+        parser.error(f"--timeout must be at most {IPSET_MAX_TIMEOUT} seconds (ipset's limit)")
     args.host, args.port = host.strip("[]"), int(port)
     return args
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    app = OptOutApp(Guard(args.nft), secrets.token_bytes(32), args.timeout, args.prefix_v4,
+    app = OptOutApp(Guard(args.nft, ipset=args.ipset), secrets.token_bytes(32), args.timeout, args.prefix_v4,
                     args.prefix_v6, args.never, args.max_per_hour, args.ban_visitors)
     if ":" in args.host:
         ThreadingServer.address_family = socket.AF_INET6

@@ -2,8 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Turn the egress guard's ban and opt-out sets into tor ExitPolicy reject lines.
 
-Reads `nft -j list table inet torexit_guard` (set names: docs/guard-sets.md),
-writes one `ExitPolicy reject PREFIX:PORT` line per ban or opt-out to an
+Reads the guard's sets wherever the backend keeps them (names: docs/guard-sets.md):
+`nft -j list table inet torexit_guard` (nftables backend) and `ipset save` of the
+ipsets `torexit_ban_*` / `torexit_optout_v4|v6` (iptables and ufw backends); a
+host that holds both (a backend switched without removing the old one) gets the
+union. It writes one `ExitPolicy reject PREFIX:PORT` line per ban or opt-out to an
 included torrc file, checks every listed torrc with `tor --verify-config` and
 reloads tor only when the file changed. A config tor rejects is rolled back and
 tor is not reloaded. Lines disappear when the kernel expires the set element.
@@ -25,6 +28,7 @@ import sys
 import tempfile
 
 TABLE = ("inet", "torexit_guard")
+IPSET_PREFIX = "torexit_"  # the iptables and ufw backends' ipsets: torexit_ + the nftables set name
 BAN_SET_RE = re.compile(r"^ban_[a-z0-9]+_v([46])_(\d{1,3})$")
 OPTOUT_SET_RE = re.compile(r"^optout_v([46])$")
 ADDRESS_RE = re.compile(r"\[?[0-9a-fA-F]*:[0-9a-fA-F:.]*:[0-9a-fA-F:.]*\]?(/\d+)?|\d+\.\d+\.\d+\.\d+(/\d+)?")
@@ -73,10 +77,24 @@ def _value_networks(val, version, prefixlen):
 
 
 def _port(value):
-    port = int(value)
-    if not 1 <= port <= 65535:
+    """A port (int) or a port range (low, high) from nft JSON (80, {"range": [80, 82]})
+    or ipset text ("80", "80-82")."""
+    if isinstance(value, dict) and "range" in value:
+        low, high = value["range"]
+    elif isinstance(value, str) and "-" in value:
+        low, high = value.split("-", 1)
+    else:
+        low = high = value
+    low, high = int(low), int(high)
+    if not 1 <= low <= high <= 65535:
         raise ValueError(f"port {value!r} out of range")
-    return port
+    return low if low == high else (low, high)
+
+
+def _port_key(port):
+    if port is None:
+        return (0, 0)
+    return port if isinstance(port, tuple) else (port, port)
 
 
 def entries_from_nft(document):
@@ -121,6 +139,62 @@ def entries_from_nft(document):
     return entries, skipped
 
 
+def _ipset_entry(key, version, prefixlen, optout):
+    """(networks, port) of one ipset element: `198.18.0.0,tcp:22` (hash:ip,port, the
+    address already masked to the set's netmask), `2001:db8::5` (hash:ip) or
+    `198.18.5.0/24` (hash:net, opt-outs)."""
+    addr, comma, service = key.partition(",")
+    port = None
+    if comma:
+        proto, _colon, ports = service.rpartition(":")
+        if optout or proto not in ("tcp", ""):
+            raise ValueError("unexpected element")  # tor exits TCP only
+        port = _port(ports)
+    if "/" in addr and not optout:
+        raise ValueError("unexpected prefix")
+    return _value_networks(addr, version, prefixlen), port
+
+
+def entries_from_ipset(text):
+    """Parse `ipset save` output into entries like entries_from_nft.
+
+    Only sets named torexit_ban_<detector>_v<4|6>_<len> and torexit_optout_v<4|6>
+    are read; age is the set's default timeout minus the seconds left (0 when
+    unknown). Elements that cannot be understood are counted in `skipped`.
+    """
+    entries, skipped, sets = [], 0, {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0] not in ("create", "add"):
+            continue
+        if words[0] == "create":
+            short = words[1][len(IPSET_PREFIX):] if words[1].startswith(IPSET_PREFIX) else ""
+            ban, optout = BAN_SET_RE.match(short), OPTOUT_SET_RE.match(short)
+            if not ban and not optout:
+                continue
+            version = int((ban or optout).group(1))
+            prefixlen = int(ban.group(2)) if ban else None
+            family = words[words.index("family") + 1] if "family" in words[:-1] else None
+            if family != ("inet" if version == 4 else "inet6") or (prefixlen or 0) > (32 if version == 4 else 128):
+                continue
+            default = int(words[words.index("timeout") + 1]) if "timeout" in words[:-1] else None
+            sets[words[1]] = (ban is not None, version, prefixlen, default)
+            continue
+        if words[1] not in sets:
+            continue
+        ban, version, prefixlen, default = sets[words[1]]
+        try:
+            nets, port = _ipset_entry(words[2], version, prefixlen, not ban)
+            left = int(words[words.index("timeout") + 1]) if "timeout" in words[3:-1] else None
+        except (ValueError, TypeError):
+            skipped += 1
+            continue
+        age = default - left if default is not None and left is not None else 0
+        for net in nets:
+            entries.append({"kind": "ban" if ban else "optout", "net": net, "port": port, "age": max(age, 0)})
+    return entries, skipped
+
+
 def select(entries, max_lines):
     """At most max_lines entries: opt-outs first, then the most recent bans.
 
@@ -138,17 +212,26 @@ def select(entries, max_lines):
         if len(chosen) >= max_lines:
             break
     return sorted(chosen, key=lambda e: (e["net"].version, e["net"].network_address,
-                                         e["net"].prefixlen, e["port"] or 0))
+                                         e["net"].prefixlen, _port_key(e["port"])))
+
+
+def _port_text(port):
+    if port is None:
+        return "*"
+    return f"{port[0]}-{port[1]}" if isinstance(port, tuple) else str(port)
 
 
 def render(entries):
-    lines = [f"ExitPolicy reject {_target(e['net'])}:{e['port'] if e['port'] else '*'}" for e in entries]
+    lines = [f"ExitPolicy reject {_target(e['net'])}:{_port_text(e['port'])}" for e in entries]
     return HEADER + "".join(line + "\n" for line in lines)
 
 
 def read_nft(nft="nft"):
-    """The guard table as JSON; an absent table reads as empty."""
-    proc = subprocess.run([nft, "-j", "list", "table", *TABLE], capture_output=True, text=True, check=False)
+    """The guard table as JSON; an absent table (or no nft program) reads as empty."""
+    try:
+        proc = subprocess.run([nft, "-j", "list", "table", *TABLE], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return {"nftables": []}
     if proc.returncode != 0:
         if "No such file or directory" in proc.stderr:
             return {"nftables": []}
@@ -157,6 +240,36 @@ def read_nft(nft="nft"):
         return json.loads(proc.stdout)
     except ValueError as exc:
         raise SyncError(f"nft printed no JSON: {exc}") from None
+
+
+def _ipset_run(args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+
+
+def read_ipsets(ipset="ipset"):
+    """`ipset save` text of the guard's ban and opt-out ipsets; '' when there are none
+    (nftables backend, or no ipset program). Other sets (the large torexit_seen_*) are
+    not read."""
+    proc = _ipset_run([ipset, "list", "-n"])
+    if proc is None:
+        return ""
+    if proc.returncode != 0:
+        raise SyncError(f"ipset list failed ({proc.returncode}): {proc.stderr.strip()}")
+    texts = []
+    for name in proc.stdout.split():
+        short = name[len(IPSET_PREFIX):] if name.startswith(IPSET_PREFIX) else ""
+        if not BAN_SET_RE.match(short) and not OPTOUT_SET_RE.match(short):
+            continue
+        saved = _ipset_run([ipset, "save", name])
+        if saved is None or (saved.returncode != 0 and "does not exist" in saved.stderr):
+            continue  # destroyed since it was listed
+        if saved.returncode != 0:
+            raise SyncError(f"ipset save failed ({saved.returncode}): {saved.stderr.strip()}")
+        texts.append(saved.stdout)
+    return "".join(texts)
 
 
 def write_atomic(path, text):
@@ -183,11 +296,15 @@ def verify(tor, torrc):
     return ADDRESS_RE.sub("<address>", "; ".join(problems)) or f"exit code {proc.returncode}"
 
 
-def sync(args, document=None):
-    """One sync. Returns a one-line summary; raises SyncError on failure."""
-    if document is None:
-        document = read_nft(args.nft)
-    entries, skipped = entries_from_nft(document)
+def sync(args, document=None, saved=None):
+    """One sync of the nft JSON `document` and the `ipset save` text `saved` (both
+    read from the kernel when neither is given). Returns a one-line summary;
+    raises SyncError on failure."""
+    if document is None and saved is None:
+        document, saved = read_nft(args.nft), read_ipsets(args.ipset)
+    entries, skipped = entries_from_nft(document or {"nftables": []})
+    more, more_skipped = entries_from_ipset(saved or "")
+    entries, skipped = entries + more, skipped + more_skipped
     chosen = select(entries, args.max_lines)
     text = render(chosen)
     old = None
@@ -229,7 +346,10 @@ def parse_args(argv):
     parser.add_argument("--reload", action="append", default=[], help="systemd unit to reload (repeatable)")
     parser.add_argument("--tor", default="tor", help="tor program")
     parser.add_argument("--nft", default="nft", help="nft program")
-    parser.add_argument("--nft-json", help="read this file instead of running nft (for tests)")
+    parser.add_argument("--ipset", default="ipset", help="ipset program")
+    parser.add_argument("--nft-json", help="read this file instead of running nft and ipset (for tests)")
+    parser.add_argument("--ipset-save", help="read this `ipset save` output instead of running nft and ipset "
+                                             "(for tests)")
     args = parser.parse_args(argv)
     if args.max_lines < 1:
         parser.error("--max-lines must be at least 1")
@@ -239,11 +359,14 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        document = None
+        document = saved = None
         if args.nft_json:
             with open(args.nft_json) as f:
                 document = json.load(f)
-        print(sync(args, document))
+        if args.ipset_save:
+            with open(args.ipset_save) as f:
+                saved = f.read()
+        print(sync(args, document, saved))
     except (SyncError, OSError, ValueError) as exc:
         print(f"torexit-exitpolicy-sync: {exc}", file=sys.stderr)
         return 1

@@ -116,6 +116,8 @@ class FakeNft:
 
     def __call__(self, cmd, **kwargs):
         self.calls.append(cmd)
+        if cmd[0] == "/usr/sbin/ipset":  # the iptables/ufw backends' sets: none here
+            return subprocess.CompletedProcess(cmd, 1, "", "The set with the given name does not exist")
         verb, _obj, family, table, name = cmd[1:6]
         ok = family == "inet" and table == "torexit_guard" and name in self.sets
         if ok and verb == "add":
@@ -229,7 +231,7 @@ def test_missing_guard_gives_503():
     assert "egress guard" in text
     status, _ignored, _ignored = post(app, "exit_notice_optout=" + NONCE, optout.make_token(SECRET, NONCE, NOW))
     assert status == "503 Service Unavailable"
-    assert not any(cmd[1] == "add" for cmd in nft.calls)
+    assert not any("add" in cmd for cmd in nft.calls)
 
 
 def test_loopback_visitor_refused():
@@ -266,7 +268,7 @@ def test_repeat_is_reported_as_present():
     original = nft.__call__
 
     def refuse_duplicate(cmd, **kwargs):
-        if cmd[1] == "add":
+        if cmd[1] == "add" and cmd[0] == "/usr/sbin/nft":
             nft.calls.append(cmd)
             return subprocess.CompletedProcess(cmd, 1, "", "File exists")
         return original(cmd, **kwargs)
@@ -304,3 +306,115 @@ def test_server_never_logs(capsys):
     handler = optout.QuietHandler.__new__(optout.QuietHandler)
     handler.log_message("%s", "198.18.77.1")
     assert capsys.readouterr().err == ""
+
+
+# --- the iptables and ufw backends' ipsets ------------------------------------
+
+class FakeIpset:
+    """Stands in for subprocess.run with the ipset program: sets in a dict, every argv recorded."""
+
+    def __init__(self, sets=("torexit_optout_v4", "torexit_optout_v6"), nft_sets=()):
+        self.sets = {name: {} for name in sets}
+        self.nft = FakeNft(sets=nft_sets)
+        self.calls = []
+
+    def __call__(self, cmd, **kwargs):
+        assert kwargs["timeout"] == 10 and kwargs["check"] is False
+        self.calls.append(cmd)
+        if cmd[0] == "/usr/sbin/nft":
+            return self.nft(cmd, **kwargs)
+        args = cmd[1:]
+        exist = args[0] == "-exist"
+        if exist:
+            args = args[1:]
+        name = args[2] if args[:2] == ["list", "-n"] else args[1]
+        if name not in self.sets:
+            return subprocess.CompletedProcess(cmd, 1, "", "The set with the given name does not exist")
+        if args[0] == "add":
+            if args[2] in self.sets[name] and not exist:
+                return subprocess.CompletedProcess(cmd, 1, "", "it's already added")
+            assert args[3] == "timeout"
+            self.sets[name][args[2]] = int(args[4])
+        elif args[0] == "test":
+            return subprocess.CompletedProcess(cmd, 0 if args[2] in self.sets[name] else 1, "", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+@pytest.mark.parametrize("net, element, set_name", [
+    ("198.18.77.1/32", "198.18.77.1", "torexit_optout_v4"),
+    ("198.18.77.0/24", "198.18.77.0/24", "torexit_optout_v4"),
+    ("2001:db8:1:2::5/128", "2001:db8:1:2::5", "torexit_optout_v6"),
+    ("2001:db8:1:2::/64", "2001:db8:1:2::/64", "torexit_optout_v6"),
+])
+def test_ipset_backend_argv(net, element, set_name):
+    run = FakeIpset()
+    guard = optout.Guard(run=run)
+    assert guard.add(ipaddress.ip_network(net), 3600) == "added"
+    short = set_name[len("torexit_"):]
+    assert run.calls == [
+        ["/usr/sbin/nft", "list", "set", "inet", "torexit_guard", short],
+        ["/usr/sbin/ipset", "list", "-n", set_name],
+        ["/usr/sbin/ipset", "-exist", "add", set_name, element, "timeout", "3600"],
+    ]
+    assert run.sets[set_name] == {element: 3600}
+
+
+def test_ipset_backend_through_the_form_and_again_refreshes_the_timeout():
+    run = FakeIpset()
+    app, _ignored = make_app(run, prefix_v6=64, timeout=7200)
+    for _round in (1, 2):
+        cookie, token, text = get_form(app, addr="2001:db8:1:2:3:4:5:6")
+        assert "2001:db8:1:2::/64" in text
+        status, _ignored, text = post(app, cookie, token, addr="2001:db8:1:2:3:4:5:6")
+        assert status == "200 OK" and "2001:db8:1:2::/64" in text and "already" not in text
+    assert run.sets == {"torexit_optout_v4": {}, "torexit_optout_v6": {"2001:db8:1:2::/64": 7200}}
+    adds = [cmd for cmd in run.calls if "add" in cmd]
+    assert adds == [["/usr/sbin/ipset", "-exist", "add", "torexit_optout_v6", "2001:db8:1:2::/64",
+                     "timeout", "7200"]] * 2
+
+
+def test_ipset_refused_add_of_a_present_element_is_reported_as_present():
+    run = FakeIpset()
+    run.sets["torexit_optout_v4"]["198.18.77.1"] = 100
+    original = run.__call__
+
+    def full_set(cmd, **kwargs):
+        if "add" in cmd:
+            run.calls.append(cmd)
+            return subprocess.CompletedProcess(cmd, 1, "", "Hash is full, cannot add more elements")
+        return original(cmd, **kwargs)
+
+    guard = optout.Guard(run=full_set)
+    assert guard.add(ipaddress.ip_network("198.18.77.1/32"), 60) == "present"
+    assert run.calls[-1] == ["/usr/sbin/ipset", "test", "torexit_optout_v4", "198.18.77.1"]
+    with pytest.raises(optout.OptOutError) as err:
+        guard.add(ipaddress.ip_network("198.18.77.2/32"), 60)
+    assert err.value.key == "failed"
+
+
+def test_both_backends_present_get_the_opt_out():
+    run = FakeIpset(nft_sets=("optout_v4", "optout_v6"))
+    guard = optout.Guard(run=run)
+    assert guard.backends(ipaddress.ip_network("198.18.77.1/32")) == ["nftables", "ipset"]
+    assert guard.add(ipaddress.ip_network("198.18.77.1/32"), 60) == "added"
+    assert run.nft.sets["optout_v4"] == {"198.18.77.1/32": "60s"}
+    assert run.sets["torexit_optout_v4"] == {"198.18.77.1": 60}
+
+
+def test_no_set_and_no_programs_gives_503():
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+
+    app = optout.OptOutApp(optout.Guard(run=missing), SECRET, clock=lambda: NOW)
+    status, _ignored, text = call(app, HTTP_X_REAL_IP="198.18.77.1")
+    assert status == "503 Service Unavailable" and "egress guard" in text
+    only_v6 = FakeIpset(sets=("torexit_optout_v6",))
+    app, _ignored = make_app(only_v6)
+    assert call(app, HTTP_X_REAL_IP="198.18.77.1")[0] == "503 Service Unavailable"
+    assert call(app, HTTP_X_REAL_IP="2001:db8::7")[0] == "200 OK"
+
+
+def test_timeout_beyond_ipsets_limit_refused():
+    with pytest.raises(SystemExit):
+        optout.parse_args(["--timeout", str(optout.IPSET_MAX_TIMEOUT + 1)])
+    assert optout.parse_args(["--timeout", str(optout.IPSET_MAX_TIMEOUT), "--ipset", "/sbin/ipset"]).ipset == "/sbin/ipset"

@@ -185,3 +185,181 @@ def test_main_reads_a_json_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "2 reject lines (2 opt-outs, 0 bans; 7 over the limit" in printed
     assert "198.18" not in printed  # counts only, never addresses
+
+
+# --- the iptables and ufw backends' ipsets -------------------------------------
+
+# As `ipset save NAME` printed the sets the iptables backend creates (ipset 7.17,
+# Debian 12), after adding 198.18.7.9,tcp:22, 198.18.8.9,tcp:80-82 (ipset stores
+# one element per port), a udp element, an IPv6 /48 ban and opt-outs.
+IPSET_SAVE = """\
+create torexit_ban_hscan_v4_24 hash:ip,port family inet hashsize 1024 maxelem 262144 timeout 600 \
+bucketsize 12 initval 0xa094c64d netmask 24
+add torexit_ban_hscan_v4_24 198.18.8.0,tcp:80 timeout 599
+add torexit_ban_hscan_v4_24 198.18.7.0,tcp:22 timeout 100
+add torexit_ban_hscan_v4_24 198.18.8.0,udp:53 timeout 599
+add torexit_ban_hscan_v4_24 198.18.8.0,tcp:81 timeout 599
+add torexit_ban_hscan_v4_24 198.18.8.0,tcp:82 timeout 599
+create torexit_optout_v4 hash:net family inet hashsize 1024 maxelem 65536 timeout 86400 bucketsize 12 \
+initval 0x8e541932
+add torexit_optout_v4 198.18.5.0/24 timeout 29
+add torexit_optout_v4 198.18.9.1 timeout 3599
+create torexit_optout_v6 hash:net family inet6 hashsize 1024 maxelem 65536 timeout 86400 bucketsize 12 \
+initval 0xefce15fd
+add torexit_optout_v6 2001:db8:5::/64 timeout 3599
+add torexit_optout_v6 2001:db8:5::1 timeout 3599
+create torexit_ban_hscan_v6_48 hash:ip,port family inet6 hashsize 1024 maxelem 262144 timeout 600 \
+bucketsize 12 initval 0x612e35b6 netmask 48
+add torexit_ban_hscan_v6_48 2001:db8:1::,tcp:443 timeout 599
+create torexit_ban_vscan_v6_128 hash:ip family inet6 hashsize 1024 maxelem 262144 timeout 600 bucketsize 12 \
+initval 0x8f7d139a
+add torexit_ban_vscan_v6_128 2001:db8::5 timeout 599
+create torexit_seen_v4 hash:ip,port family inet hashsize 1024 maxelem 262144 timeout 600
+add torexit_seen_v4 198.18.99.1,tcp:22 timeout 500
+create other_ban_hscan_v4_24 hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 600 netmask 24
+add other_ban_hscan_v4_24 198.18.98.0,tcp:22 timeout 500
+"""
+
+
+def test_ipset_save_renders_one_reject_per_element():
+    entries, skipped = sync.entries_from_ipset(IPSET_SAVE)
+    assert skipped == 1  # the udp element: tor exits TCP only
+    assert lines(sync.render(sync.select(entries, 500))) == [
+        "ExitPolicy reject 198.18.5.0/24:*",
+        "ExitPolicy reject 198.18.7.0/24:22",
+        "ExitPolicy reject 198.18.8.0/24:80",
+        "ExitPolicy reject 198.18.8.0/24:81",
+        "ExitPolicy reject 198.18.8.0/24:82",
+        "ExitPolicy reject 198.18.9.1:*",
+        "ExitPolicy reject [2001:db8::5]:*",
+        "ExitPolicy reject [2001:db8:1::]/48:443",
+        "ExitPolicy reject [2001:db8:5::]/64:*",
+        "ExitPolicy reject [2001:db8:5::1]:*",
+    ]
+    ages = {(str(e["net"]), e["port"]): e["age"] for e in entries}
+    assert ages[("198.18.7.0/24", 22)] == 500 and ages[("198.18.8.0/24", 80)] == 1
+    assert ages[("198.18.5.0/24", None)] == 86400 - 29
+    assert {e["kind"] for e in entries if e["net"].version == 6 and e["net"].prefixlen in (64, 128)
+            and e["port"] is None and str(e["net"]).startswith("2001:db8:5:")} == {"optout"}
+
+
+def test_ipset_port_ranges_prefix_from_the_name_and_bad_elements():
+    entries, skipped = sync.entries_from_ipset("\n".join([
+        "create torexit_ban_hscan_v4_16 hash:ip,port family inet maxelem 9 timeout 60 netmask 16",
+        "add torexit_ban_hscan_v4_16 198.19.44.9,tcp:8000-8010 timeout 30",
+        "add torexit_ban_hscan_v4_16 198.19.44.9,80 timeout 30",     # no protocol: tcp
+        "add torexit_ban_hscan_v4_16 198.19.44.9,tcp:0 timeout 30",  # port 0
+        "add torexit_ban_hscan_v4_16 198.19.44.9,tcp:90-80",        # reversed range
+        "add torexit_ban_hscan_v4_16 2001:db8::1,tcp:22",            # wrong family
+        "add torexit_ban_hscan_v4_16 198.19.0.0/16,tcp:22",          # prefix in a hash:ip set
+        "create torexit_ban_hscan_v6_32 hash:ip,port family inet6 maxelem 9 timeout 60 netmask 32",
+        "add torexit_ban_hscan_v6_32 2001:db8:ffff::1,tcp:1024-2048 timeout 60",
+        "create torexit_optout_v4 hash:net family inet maxelem 9 timeout 60",
+        "add torexit_optout_v4 198.18.5.0/24,tcp:22",                # opt-outs carry no port
+        "create torexit_optout_v6 hash:net family inet maxelem 9 timeout 60",  # wrong family: set ignored
+        "add torexit_optout_v6 198.18.6.0/24",
+    ]))
+    assert skipped == 5
+    assert [(str(e["net"]), e["port"], e["age"]) for e in entries] == [
+        ("198.19.0.0/16", (8000, 8010), 30), ("198.19.0.0/16", 80, 30), ("2001:db8::/32", (1024, 2048), 0)]
+    assert lines(sync.render(sync.select(entries, 500))) == [
+        "ExitPolicy reject 198.19.0.0/16:80",
+        "ExitPolicy reject 198.19.0.0/16:8000-8010",
+        "ExitPolicy reject [2001:db8::]/32:1024-2048",
+    ]
+
+
+def test_nft_port_range_in_a_concatenation():
+    entries, skipped = sync.entries_from_nft(doc(nft_set("ban_flood_v6_128", [
+        {"elem": {"val": {"concat": ["2001:db8::9", {"range": [6660, 6669]}]}}}])))
+    assert skipped == 0
+    assert lines(sync.render(entries)) == ["ExitPolicy reject [2001:db8::9]:6660-6669"]
+
+
+class FakeIpset:
+    """subprocess.run for `ipset list -n` and `ipset save NAME`, from the text of IPSET_SAVE."""
+
+    def __init__(self, text=IPSET_SAVE, missing=()):
+        self.sets, self.calls, self.missing = {}, [], missing
+        for line in text.splitlines():
+            self.sets.setdefault(line.split()[1], []).append(line)
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append(cmd)
+        if cmd[0] == "nft":
+            return subprocess.CompletedProcess(cmd, 1, "", "Error: No such file or directory\n")
+        if cmd[1:] == ["list", "-n"]:
+            return subprocess.CompletedProcess(cmd, 0, "".join(n + "\n" for n in self.sets), "")
+        if cmd[1] == "save" and cmd[2] in self.sets and cmd[2] not in self.missing:
+            return subprocess.CompletedProcess(cmd, 0, "".join(x + "\n" for x in self.sets[cmd[2]]), "")
+        return subprocess.CompletedProcess(cmd, 1, "", "ipset v7.17: The set with the given name does not exist\n")
+
+
+def test_read_ipsets_saves_only_ban_and_optout_sets(monkeypatch):
+    fake = FakeIpset(missing=("torexit_ban_vscan_v6_128",))  # destroyed between list and save
+    monkeypatch.setattr(sync.subprocess, "run", fake)
+    text = sync.read_ipsets("/usr/sbin/ipset")
+    assert fake.calls == [["/usr/sbin/ipset", "list", "-n"]] + [
+        ["/usr/sbin/ipset", "save", name] for name in (
+            "torexit_ban_hscan_v4_24", "torexit_optout_v4", "torexit_optout_v6", "torexit_ban_hscan_v6_48",
+            "torexit_ban_vscan_v6_128")]
+    assert "torexit_seen_v4" not in text and "other_ban" not in text and "2001:db8::5" not in text
+    assert "add torexit_optout_v6 2001:db8:5::1 timeout 3599" in text
+
+
+def test_read_ipsets_without_ipset_or_with_errors(monkeypatch):
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+    monkeypatch.setattr(sync.subprocess, "run", missing)
+    assert sync.read_ipsets() == ""
+    assert sync.read_nft() == {"nftables": []}
+
+    def denied(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "ipset v7.17: Kernel error received: Operation not permitted\n")
+    monkeypatch.setattr(sync.subprocess, "run", denied)
+    with pytest.raises(sync.SyncError, match="not permitted"):
+        sync.read_ipsets()
+
+
+def test_sync_reads_the_ipsets_when_there_is_no_nft_table(tmp_path, monkeypatch):
+    fake = FakeIpset()
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        if cmd[0] in ("nft", "ipset"):
+            return fake(cmd, **kwargs)
+        return subprocess.CompletedProcess(cmd, 0, stdout="Configuration was valid\n", stderr="")
+    monkeypatch.setattr(sync.subprocess, "run", fake_run)
+    summary = sync.sync(args_for(tmp_path, torrc=["/etc/tor/torrc"], reload=["tor@default.service"]))
+    assert calls[0] == ["nft", "-j", "list", "table", "inet", "torexit_guard"]
+    assert calls[1] == ["ipset", "list", "-n"]
+    assert summary.startswith("updated") and "10 reject lines (4 opt-outs, 6 bans" in summary
+    assert "1 unreadable" in summary and "198.18" not in summary and "2001:db8" not in summary
+    text = (tmp_path / "10-torexit-guard.conf").read_text()
+    assert "ExitPolicy reject 198.18.7.0/24:22\n" in text and "ExitPolicy reject [2001:db8:5::1]:*\n" in text
+
+
+def test_sync_unions_a_leftover_nft_table_and_the_ipsets(tmp_path):
+    summary = sync.sync(args_for(tmp_path), REAL, IPSET_SAVE)
+    out = lines((tmp_path / "10-torexit-guard.conf").read_text())
+    assert "ExitPolicy reject 198.18.10.0/30:*" in out       # only in the nft table
+    assert "ExitPolicy reject 198.18.8.0/24:81" in out       # only in the ipsets
+    assert out.count("ExitPolicy reject 198.18.7.0/24:22") == 1  # in both, written once
+    # 9 lines from the table, 10 from the ipsets, 4 of them in both
+    assert len(out) == len(set(out)) == 15
+    assert summary.startswith("updated, reloaded nothing: 15 reject lines")
+
+
+def test_main_reads_an_ipset_save_file(tmp_path, capsys):
+    src = tmp_path / "guard.ipset"
+    src.write_text(IPSET_SAVE)
+    rc = sync.main(["--output", str(tmp_path / "out.conf"), "--ipset-save", str(src), "--max-lines", "3"])
+    assert rc == 0
+    # the limit keeps opt-outs first, the youngest (set timeout - seconds left) first:
+    # 198.18.5.0/24 (86400 - 29) is the oldest of the four and left out
+    assert lines((tmp_path / "out.conf").read_text()) == [
+        "ExitPolicy reject 198.18.9.1:*", "ExitPolicy reject [2001:db8:5::]/64:*",
+        "ExitPolicy reject [2001:db8:5::1]:*"]
+    printed = capsys.readouterr().out
+    assert "3 reject lines (3 opt-outs, 0 bans; 7 over the limit, 1 unreadable)" in printed
