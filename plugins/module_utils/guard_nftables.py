@@ -157,21 +157,26 @@ def render(policy, digest):
     add("\t}")
     add("")
     add("\tchain detect {")
-    add("\t\t# flood: rate limit only while many connections to the address are open")
+    add("\t\t# a first contact of a host and port can be a scan, a repeated one a flood")
     for fam, expr, _typ, _host in FAMILIES:
-        add("\t\tadd @flood_conc_%s { %s ct count over %d } update @flood_rate_%s { %s . tcp dport "
-            "limit rate over %d/second burst %d packets } goto flood_hit_%s"
-            % (fam, expr, fl["concurrent"], fam, expr, fl["rate"], fl["burst"], fam))
-    add("\t\t# scans count first contacts of a host and port only")
-    for fam, expr, _typ, _host in FAMILIES:
-        add("\t\t%s . tcp dport @seen_%s return" % (expr, fam))
+        add("\t\t%s . tcp dport @seen_%s goto flood_%s" % (expr, fam, fam))
     for fam, expr, _typ, _host in FAMILIES:
         add("\t\tadd @seen_%s { %s . tcp dport } goto scan_%s" % (fam, expr, fam))
-    add("\t\t# reached only when a seen set is full: keep counting strict ports")
+    add("\t\t# reached only when a seen set is full: keep counting strict ports and floods")
     add("\t\tcounter name seen_full")
     for fam, _expr, _typ, _host in FAMILIES:
         add("\t\tmeta nfproto ipv%s tcp dport @strict_ports goto scan_%s" % (fam[1], fam))
+    for fam, _expr, _typ, _host in FAMILIES:
+        add("\t\tmeta nfproto ipv%s goto flood_%s" % (fam[1], fam))
     add("\t}")
+    for fam, expr, _typ, _host in FAMILIES:
+        add("")
+        add("\tchain flood_%s {" % fam)
+        add("\t\t# rate limit only while many connections to the address are open")
+        add("\t\tadd @flood_conc_%s { %s ct count over %d } update @flood_rate_%s { %s . tcp dport "
+            "limit rate over %d/second burst %d packets } goto flood_hit_%s"
+            % (fam, expr, fl["concurrent"], fam, expr, fl["rate"], fl["burst"], fam))
+        add("\t}")
     for fam, expr, _typ, host in FAMILIES:
         add("")
         add("\tchain scan_%s {" % fam)

@@ -87,3 +87,20 @@ def test_set_elements_reads_nft_json():
         "198.18.9.9",
     ]}
     assert gn.set_elements(nftset) == [("198.18.1.0 . 22", 580), ("198.18.5.0/24", 86399), ("198.18.9.9", None)]
+
+
+def test_first_contacts_feed_scans_and_repeats_feed_the_flood_detector():
+    """A host and port seen before cannot be a scan's first contact, and a first
+    contact cannot be a flood: each new connection pays for one detector only."""
+    _p, text = render()
+    detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
+    assert "ip daddr . tcp dport @seen_v4 goto flood_v4" in detect
+    assert "add @seen_v4 { ip daddr . tcp dport } goto scan_v4" in detect
+    assert detect.index("@seen_v4 goto flood_v4") < detect.index("add @seen_v4")
+    # a full seen set still counts strict ports as scans and everything as floods
+    assert detect.index("counter name seen_full") < detect.index("@strict_ports goto scan_v4") \
+        < detect.index("meta nfproto ipv4 goto flood_v4")
+    flood = text.split("chain flood_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert "add @flood_conc_v4 { ip daddr ct count over 24 }" in flood
+    scans = text.split("chain scan_v4 {", 1)[1]
+    assert "flood_conc" not in scans.split("chain flood_hit_v4", 1)[0]
