@@ -363,3 +363,26 @@ def test_main_reads_an_ipset_save_file(tmp_path, capsys):
         "ExitPolicy reject [2001:db8:5::1]:*"]
     printed = capsys.readouterr().out
     assert "3 reject lines (3 opt-outs, 0 bans; 7 over the limit, 1 unreadable)" in printed
+
+
+def test_an_ipset_error_stops_the_sync_only_without_an_nft_table(tmp_path, monkeypatch, capsys):
+    def run(cmd, **kwargs):
+        if cmd[0] == "nft":
+            return subprocess.CompletedProcess(cmd, 0, json.dumps(REAL), "")
+        if cmd[0] == "ipset":
+            return subprocess.CompletedProcess(cmd, 1, "", "ipset v7.17: Cannot open session to kernel.\n")
+        raise AssertionError(cmd)
+    monkeypatch.setattr(sync.subprocess, "run", run)
+    out = tmp_path / "10-torexit-guard.conf"
+    assert sync.sync(args_for(tmp_path)).startswith("updated, reloaded nothing: 9 reject lines")
+    assert "ipsets not read: ipset list failed (1): ipset v7.17: Cannot open session" in capsys.readouterr().err
+    before = out.read_text()
+
+    def no_table(cmd, **kwargs):
+        if cmd[0] == "nft":
+            return subprocess.CompletedProcess(cmd, 1, "", "Error: No such file or directory\n")
+        return run(cmd, **kwargs)
+    monkeypatch.setattr(sync.subprocess, "run", no_table)
+    with pytest.raises(sync.SyncError, match="Cannot open session"):
+        sync.sync(args_for(tmp_path))
+    assert out.read_text() == before  # nothing written, tor untouched
