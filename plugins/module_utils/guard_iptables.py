@@ -129,7 +129,7 @@ def chains(policy, prefix=CHAIN_PREFIX):
     """Names of the chains of one family, the entry chain first."""
     names = [prefix + n for n in ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")]
     names += [prefix + "HSHIT-%d" % i for i in range(len(policy["horizontal_scan"]["prefixes_v4"]))]
-    names += [prefix + "VSHIT", prefix + "FLHIT"]
+    names += [prefix + "VSHIT", prefix + "FLHIT", prefix + "FLOOD"]
     return names
 
 
@@ -185,17 +185,19 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
         add(guard, "-p tcp -m set --match-set %s%s %s %s %s" % (S, name, flags, counted("blocked_" + det), verdict))
     add(guard, "-p tcp -j %s" % detect)
 
-    # flood: rate limit only while many connections to the address are open
-    add(detect, "-p tcp -m connlimit --connlimit-above %d --connlimit-mask %d --connlimit-daddr %s -g %s"
-        % (fl["concurrent"], host, _hl(tag + "flood_" + fam, "%d/second" % fl["rate"], fl["burst"],
-                                       "dstip,dstport", size, 60), flhit))
-    # scans count first contacts of a host and port only
-    add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -j RETURN" % (S, fam))
+    # a first contact of a host and port can be a scan, a repeated one a flood
+    flood = prefix + "FLOOD"
+    add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, flood))
     add(detect, "-p tcp -j SET --add-set %sseen_%s dst,dst" % (S, fam))
     add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, scan))
-    # reached only when the seen set is full: keep counting strict ports
+    # reached only when the seen set is full: keep counting strict ports and floods
     add(detect, "-p tcp %s" % counted("seen_full"))
     add(detect, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, scan))
+    add(detect, "-p tcp -g %s" % flood)
+    # flood: rate limit only while many connections to the address are open
+    add(flood, "-p tcp -m connlimit --connlimit-above %d --connlimit-mask %d --connlimit-daddr %s -g %s"
+        % (fl["concurrent"], host, _hl(tag + "flood_" + fam, "%d/second" % fl["rate"], fl["burst"],
+                                       "dstip,dstport", size, 60), flhit))
 
     ports = p["vertical_scan"]["ports"]
     if ports:
@@ -263,7 +265,7 @@ def our_chains(saved, prefix=CHAIN_PREFIX):
     """The guard's chains declared in an iptables-save text: only the names
     chains() makes, so other TOREXIT-* chains (the firewall role's TOREXIT-INPUT,
     the ufw backend's TOREXIT-UFW-*) are never taken for ours."""
-    pattern = re.compile(r"^:(%s(?:GUARD|DETECT|SCAN|HS-(?:STRICT|WEB|DEFAULT)|HSHIT-\d+|VSHIT|FLHIT)) "
+    pattern = re.compile(r"^:(%s(?:GUARD|DETECT|SCAN|HS-(?:STRICT|WEB|DEFAULT)|HSHIT-\d+|VSHIT|FLHIT|FLOOD)) "
                          % re.escape(prefix))
     return [m.group(1) for m in map(pattern.match, saved.splitlines()) if m]
 

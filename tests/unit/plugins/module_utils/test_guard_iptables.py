@@ -93,6 +93,19 @@ def test_thresholds_reach_hashlimit_and_connlimit():
     assert "--hashlimit-htable-expire 600000" in strict48
 
 
+
+def test_first_contacts_go_to_scans_and_repeats_to_the_flood_chain():
+    p, digest = policy()
+    detect = [r for r in gi.rules(p, digest, "v4") if r.startswith("-A TOREXIT-DETECT ")]
+    assert detect[0] == "-A TOREXIT-DETECT -p tcp -m set --match-set torexit_seen_v4 dst,dst -g TOREXIT-FLOOD"
+    assert detect[1] == "-A TOREXIT-DETECT -p tcp -j SET --add-set torexit_seen_v4 dst,dst"
+    assert detect[2].endswith("-g TOREXIT-SCAN")
+    # a full seen set: strict ports still count as scans, the rest as possible floods
+    assert detect[-1] == "-A TOREXIT-DETECT -p tcp -g TOREXIT-FLOOD"
+    assert not [r for r in detect if "connlimit" in r]
+    assert "TOREXIT-FLOOD" in gi.chains(p)
+    assert gi.our_chains(":TOREXIT-FLOOD - [0:0]\n:TOREXIT-INPUT - [0:0]\n") == ["TOREXIT-FLOOD"]
+
 def test_hook_and_stale_chains():
     p, digest = policy()
     text = gi.render(p, digest, "v4", hook=True, stale=["TOREXIT-HSHIT-2"])
