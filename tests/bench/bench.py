@@ -255,6 +255,12 @@ def _state(r, n):
         txt += "; %d set entries" % st["elements"]
     if st.get("hashlimit_entries") is not None:
         txt += "; hashlimit entries %d" % st["hashlimit_entries"]
+    if (st.get("counters") or {}).get("seen_full"):
+        txt += "; seen_full counter %d" % st["counters"]["seen_full"]
+    for name in st.get("at_kernel_add_limit", []):
+        s = st["sets"][name]
+        txt += "; %s full at %d (hashsize × bucketsize: the packet path never grows it; maxelem %d)" % (
+            name, s["elements"], s["cap"])
     if unc:
         txt += "; uncapped: %s" % ",".join(unc)
     else:

@@ -185,8 +185,14 @@ def _ipset_state(lab, count=True):
             name = val
             sets[name] = {"elements": 0, "cap": None, "bytes": 0}
         elif name and key == "Header" and "maxelem" in val:
-            sets[name]["cap"] = int(val.split("maxelem")[1].split()[0])
+            words = val.split()
+            sets[name]["cap"] = int(words[words.index("maxelem") + 1])
             sets[name]["dynamic"] = "timeout" in val
+            if "hashsize" in words and "bucketsize" in words:
+                # the kernel never grows a hash set on adds from the packet path
+                # (iptables' SET target): there it holds at most hashsize x bucketsize
+                sets[name]["kernel_add_limit"] = (int(words[words.index("hashsize") + 1])
+                                                  * int(words[words.index("bucketsize") + 1]))
         elif name and key == "Header" and "range" in val:
             # bitmap:port: one bit per port of the range, a fixed size (static here)
             lo, _sep, hi = val.split("range")[1].split()[0].partition("-")
@@ -196,7 +202,10 @@ def _ipset_state(lab, count=True):
             sets[name]["bytes"] = int(val)
         elif name and key == "Number of entries":
             sets[name]["elements"] = int(val)
+    at_limit = sorted(k for k, v in sets.items() if v.get("kernel_add_limit") and v["elements"] >= v["kernel_add_limit"]
+                      and v["kernel_add_limit"] < (v["cap"] or 0))
     return {"kind": "ipset", "sets": sets, "elements": sum(v["elements"] for v in sets.values()),
+            "at_kernel_add_limit": at_limit,
             "bytes": sum(v["bytes"] for v in sets.values()),
             "dynamic_sets": sum(1 for v in sets.values() if v.get("dynamic")),
             "uncapped_dynamic_sets": [k for k, v in sets.items() if not v["cap"]]}
@@ -208,6 +217,15 @@ def _iptables_state(lab, count=True):
     hl = _proc_lines(lab, "/proc/net/ipt_hashlimit")
     hl.update({k + " (v6)": v for k, v in _proc_lines(lab, "/proc/net/ip6t_hashlimit").items()})
     st["hashlimit_entries"] = sum(hl.values())
+    # packet counters of the rules the module tags with a counter name (e.g. seen_full)
+    counters = {}
+    for tool in ("iptables-save", "ip6tables-save"):
+        for line in lab.ns(lab.relay, tool, "-c", "-t", "filter", check=False).stdout.splitlines():
+            if line.startswith("[") and '--comment "' in line:
+                name = line.split('--comment "')[1].split('"')[0]
+                if " " not in name:
+                    counters[name] = counters.get(name, 0) + int(line[1:].split(":")[0])
+    st["counters"] = counters
     return st
 
 
