@@ -90,18 +90,31 @@ def ipsets(policy):
             {"name": SET_PREFIX + "optout_" + fam, "type": "hash:net", "family": family,
              "options": [("maxelem", 65536), ("timeout", OPTOUT_TIMEOUT)], "static": False, "keep": True},
             {"name": SET_PREFIX + "seen_" + fam, "type": "hash:ip,port", "family": family,
-             "options": [("maxelem", size), ("timeout", p["scan_window"])], "static": False},
+             "options": [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", p["scan_window"])],
+             "static": False},
         ]
     for name, typ, _key, det, ban_time in ban_sets(p):
         fam = name.split("_")[2]
         family = "inet" if fam == "v4" else "inet6"
         length = int(name.split("_")[3])
-        options = [("maxelem", size), ("timeout", ban_time)]
+        options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban_time)]
         if det == "hscan":
             options.append(("netmask", length))
         out.append({"name": SET_PREFIX + name, "type": "hash:ip,port" if "inet_service" in typ else "hash:ip",
                     "family": family, "options": options, "static": False, "keep": True})
     return out
+
+
+def kernel_hashsize(maxelem):
+    """Buckets for a set that iptables' SET target fills. The kernel grows a hash
+    set only for adds from user space; in the packet path an add fails once its
+    bucket holds `bucketsize` (12) elements, so the default 1024 buckets would cap
+    such a set near 12,288 elements whatever maxelem says. With maxelem/8 buckets
+    (a power of two, as ipset lists it) the set fills up to maxelem."""
+    size = 64
+    while size < maxelem // 8:
+        size *= 2
+    return size
 
 
 def set_header(spec):
