@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -221,10 +222,10 @@ def _iptables_state(lab, count=True):
     counters = {}
     for tool in ("iptables-save", "ip6tables-save"):
         for line in lab.ns(lab.relay, tool, "-c", "-t", "filter", check=False).stdout.splitlines():
-            if line.startswith("[") and '--comment "' in line:
-                name = line.split('--comment "')[1].split('"')[0]
-                if " " not in name:
-                    counters[name] = counters.get(name, 0) + int(line[1:].split(":")[0])
+            m = re.match(r'\[(\d+):\d+\] .* --comment (?:"([^"]*)"|(\S+))', line)
+            if m and " " not in (m.group(2) or m.group(3)):
+                name = m.group(2) or m.group(3)
+                counters[name] = counters.get(name, 0) + int(m.group(1))
     st["counters"] = counters
     return st
 
