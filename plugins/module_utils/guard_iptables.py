@@ -109,10 +109,12 @@ def kernel_hashsize(maxelem):
     """Buckets for a set that iptables' SET target fills. The kernel grows a hash
     set only for adds from user space; in the packet path an add fails once its
     bucket holds `bucketsize` (12) elements, so the default 1024 buckets would cap
-    such a set near 12,288 elements whatever maxelem says. With maxelem/8 buckets
-    (a power of two, as ipset lists it) the set fills up to maxelem."""
+    such a set near 12,288 elements whatever maxelem says. With maxelem/4 buckets
+    (a power of two, as ipset lists it) a full set holds about 4 per bucket, and a
+    bucket reaching 12 is rare (at maxelem/8 a 184,000-host fill still overflowed
+    285 buckets)."""
     size = 64
-    while size < maxelem // 8:
+    while size < maxelem // 4:
         size *= 2
     return size
 

@@ -191,18 +191,18 @@ def test_port_ranges_and_zero_networks_compare_as_ipset_lists_them():
 
 def test_sets_the_kernel_fills_get_buckets_for_their_maxelem():
     """The SET target cannot grow a hash set: buckets x 12 must reach maxelem."""
-    assert gi.kernel_hashsize(262144) == 32768
+    assert gi.kernel_hashsize(262144) == 65536
     assert gi.kernel_hashsize(100) == 64
-    assert gi.kernel_hashsize(2621440) == 524288     # xlarge: a power of two, as ipset lists it
+    assert gi.kernel_hashsize(2621440) == 1048576     # xlarge: a power of two, as ipset lists it
     p, _digest = policy(set_size=100000)
     specs = {s["name"]: dict(s["options"]) for s in gi.ipsets(p)}
     for name in ("torexit_seen_v4", "torexit_ban_hscan_v4_24", "torexit_ban_flood_v6_128"):
-        assert specs[name]["maxelem"] == 100000 and specs[name]["hashsize"] == 16384
+        assert specs[name]["maxelem"] == 100000 and specs[name]["hashsize"] == 32768
         assert specs[name]["hashsize"] * 12 >= specs[name]["maxelem"]
     assert "hashsize" not in specs["torexit_optout_v4"]   # filled from user space, which grows it
     live = {"type": "hash:ip,port", "header": {"family": "inet", "maxelem": "100000", "hashsize": "1024",
                                                   "timeout": "600"}}
     seen = [s for s in gi.ipsets(p) if s["name"] == "torexit_seen_v4"][0]
     assert not gi.set_matches(seen, live)                 # an older set is recreated
-    live["header"]["hashsize"] = "16384"
+    live["header"]["hashsize"] = "32768"
     assert gi.set_matches(seen, live)
