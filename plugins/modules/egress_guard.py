@@ -245,7 +245,12 @@ policy:
   returned: when state is present
   type: dict
 digest:
-  description: SHA-256 of the effective policy, also stored in the kernel (counter C(policy_id)).
+  description:
+    - SHA-256 of the effective policy and of the rules this version of the collection
+      renders from it, also stored with the loaded rules (nftables - the counter
+      C(policy_id); iptables and ufw - a rule comment).
+    - Rules rendered differently for the same options (after an upgrade of the
+      collection) give another digest, so the loaded rules are replaced, not only the files.
   returned: when state is present
   type: str
 ruleset:
@@ -263,6 +268,7 @@ ufw_active:
   type: bool
 """
 
+import hashlib
 import os
 import pwd
 
@@ -300,7 +306,32 @@ def _unit_enabled(module, unit):
     return rc == 0
 
 
-def _policy(module):
+# Stands in for the digest while the rules are rendered to compute it.
+PLACEHOLDER = "0" * 64
+
+
+def _render_nftables(policy, digest):
+    return nft.render(policy, digest)
+
+
+def _render_iptables(policy, digest):
+    return ipt.render(policy, digest, "v4") + ipt.render(policy, digest, "v6")
+
+
+def _render_ufw(policy, digest):
+    return ufw.block(policy, digest, "v4") + ufw.block(policy, digest, "v6")
+
+
+def rules_digest(policy, render):
+    """The id stored with the loaded rules: SHA-256 of the policy and of the rules
+    `render` makes of it. A digest of the policy alone would stay the same when a
+    new version of the collection renders other rules for the same options; the
+    files would be rewritten while the kernel kept the old rules."""
+    blob = "%s\n%s" % (policy_digest(policy), render(policy, PLACEHOLDER))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _policy(module, render):
     try:
         policy = build_policy(module.params, user_exists=_user_exists)
         if policy["mode"] == "exitpolicy" and module.params["deny"]:
@@ -308,11 +339,11 @@ def _policy(module):
                               "tor_exit role's exit policy" % module.params["deny"])
     except PolicyError as exc:
         module.fail_json(msg=str(exc))
-    return policy, policy_digest(policy)
+    return policy, rules_digest(policy, render)
 
 
 def present(module, run):
-    policy, digest = _policy(module)
+    policy, digest = _policy(module, _render_nftables)
     text = nft.render(policy, digest)
     try:
         nft.check(run, text)
@@ -431,13 +462,21 @@ def _other_backend_paths(mine):
     return [ipt.RELAYS_SCRIPT, ipt.UNIT_DIR + "/" + ipt.RELAYS_UNIT, ipt.UNIT_DIR + "/" + ipt.RELAYS_TIMER]
 
 
+def _sets_diff(set_lines):
+    """A diff entry naming the ipsets that would be created or replaced with their
+    options; never their elements (bans hold destinations)."""
+    created = [line.split(" ", 1)[1] for line in set_lines if line.startswith("create ")]
+    return {"before": "", "after": "".join("create %s\n" % c for c in created),
+            "before_header": "ipsets", "after_header": "ipsets (created or replaced)"}
+
+
 def _relays(module, policy):
     if policy["relay_allowlist"]:
         module.run_command(["/bin/sh", "-s"], data=ipt.relays_script())
 
 
 def iptables_present(module, run):
-    policy, digest = _policy(module)
+    policy, digest = _policy(module, _render_iptables)
     texts = dict((fam, ipt.render(policy, digest, fam)) for fam in ("v4", "v6"))
     live = ipt.live_state(run)
     sets_live = ipt.list_sets(run)
@@ -455,7 +494,9 @@ def iptables_present(module, run):
         before = "".join(host.read(ipt.RULES_FILES[f]) or "" for f in ("v4", "v6")) if persist else ""
         if not before and live["v4"][0]:
             before = "# loaded chains, policy sha256:%s\n" % live["v4"][0]
-        result["diff"] = {"before": result["ruleset"] if not changed else before, "after": result["ruleset"]}
+        result["diff"] = [{"before": result["ruleset"] if not changed else before, "after": result["ruleset"]}]
+        if set_lines:
+            result["diff"].append(_sets_diff(set_lines))
     if module.check_mode or not changed:
         module.exit_json(**result)
     try:
@@ -556,7 +597,7 @@ def _ufw_write(module, edits):
 def ufw_present(module, run):
     if not module.get_bin_path("ufw"):
         module.fail_json(msg="backend: ufw needs the ufw command, which was not found on this host")
-    policy, digest = _policy(module)
+    policy, digest = _policy(module, _render_ufw)
     if not module.params["persist"]:
         ufw_load_only(module, run, policy, digest)
     edits = _ufw_edit(module, run, lambda fam: ufw.block(policy, digest, fam))
@@ -577,6 +618,8 @@ def ufw_present(module, run):
     if module._diff:
         result["diff"] = [{"before": old, "after": new, "before_header": path, "after_header": path}
                           for path, old, new in edits.values()]
+        if set_lines:
+            result["diff"].append(_sets_diff(set_lines))
     if module.check_mode or not changed:
         module.exit_json(**result)
     try:
