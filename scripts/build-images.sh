@@ -7,11 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Packages baked into the images: systemd as PID 1, Python for Ansible, the
-# firewall tools, and the distribution packages the roles manage, so molecule
-# converges without reaching a mirror.
-INCLUDE="python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,iptables,nftables,ipset,conntrack,procps,sudo,ca-certificates,openssh-server,openssh-client,ufw,tor,unbound,nginx,curl,netbase,cron,locales"
+# firewall tools, and the distribution packages the roles manage (firewall:
+# python3-netaddr, ipset, nftables; tor_exit: tor, unbound, dns-root-data;
+# exit_notice: nginx, openssl; metrics: prometheus-node-exporter), so molecule and
+# the demo converge without reaching a mirror: their apt tasks find everything
+# installed and report ok.
+INCLUDE="python3,python3-apt,python3-netaddr,systemd,systemd-sysv,dbus,iproute2,iptables,nftables,ipset,conntrack,procps,sudo,ca-certificates,openssl,openssh-server,openssh-client,ufw,tor,unbound,dns-root-data,nginx,prometheus-node-exporter,curl,netbase,cron,locales"
 # Bump RECIPE_VERSION when the steps below change in a way that alters the image.
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 RECIPE_HASH=$(printf '%s %s' "$RECIPE_VERSION" "$INCLUDE" | sha256sum | cut -c1-16)
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -19,7 +22,8 @@ cleanup() {
   # debootstrap may leave /proc or /sys mounted inside the target after a failure:
   # unmount before removing, never remove through a live mount.
   local dir=$1
-  findmnt -rn -o TARGET | grep -F "$dir/" | sort -r | xargs -r umount -l
+  # (grep finds nothing in the usual case: not a failure under pipefail)
+  { findmnt -rn -o TARGET | grep -F "$dir/" || true; } | sort -r | xargs -r umount -l
   if findmnt -rn -o TARGET | grep -qF "$dir/"; then
     echo "build-images: mounts remain under $dir, not removing it" >&2
     return 1
