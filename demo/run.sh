@@ -2,10 +2,21 @@
 # make demo: a lab fleet of Tor exit relays in containers, hardened with
 # playbooks/harden_exit.yml, then a short abuse drill against a fake internet.
 #
-#   relays   torexit-demo-relay1 (Debian 12, enforce), -relay2 (Debian 13, monitor,
-#            two tor instances), -relay3 (Debian 12, ufw already in use)
+#   relays   torexit-demo-relay1 (Debian 12, nftables, enforce), -relay2 (Debian 13,
+#            nftables, monitor, two tor instances), -relay3 (Debian 12, ufw already
+#            in use), -relay4 (Debian 13, iptables, enforce)
 #   internet torexit-demo-internet: answers for all of 198.19.0.0/16 on every port
 #   network  torexit-demo, 198.18.0.0/24 (reserved for benchmarking, RFC 2544)
+#
+# Phases: containers, lab set-up, inventory, harden_exit.yml twice (the second run
+# with --diff must change nothing, else the demo fails and lists the tasks that
+# changed), abuse drill, screenshot, summary with timings per phase. More with
+#   DEMO_EXTRA="fresh-check check undo" bash demo/run.sh
+#   fresh-check  harden_exit.yml --check --diff before the first run (must not fail;
+#                what a dry run cannot show on a fresh host: playbooks/harden_exit.yml)
+#   check        harden_exit.yml --check --diff after the second run (must report nothing)
+#   undo         undo_exit_hardening.yml on relay3 (ufw) and relay4 (iptables), twice;
+#                the second undo must change nothing
 #
 # Everything created carries the label torexit.demo=1; `make demo-clean` removes it.
 # Traffic never leaves the demo network's reserved ranges (the relays reach the
@@ -16,6 +27,10 @@ TOP=$PWD
 export PATH="$TOP/.venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$TOP/.cache/collections"
 export ANSIBLE_FORCE_COLOR=false ANSIBLE_NOCOLOR=1 ANSIBLE_STDOUT_CALLBACK=default
 export ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3 ANSIBLE_HOST_KEY_CHECKING=false
+# Speed without changing what runs: one `docker exec` per task (pipelining), all
+# relays at once, and the slowest tasks listed at the end of every run.
+export ANSIBLE_PIPELINING=true ANSIBLE_FORKS=10
+export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks PROFILE_TASKS_TASK_OUTPUT_LIMIT=15
 
 GEN=$TOP/results/demo
 NET=torexit-demo
@@ -24,7 +39,7 @@ GATEWAY=198.18.0.1
 INTERNET_IP=198.18.0.2
 FAKE_INTERNET=198.19.0.0/16
 # name:debian release:address
-RELAYS=(relay1:12:198.18.0.11 relay2:13:198.18.0.12 relay3:12:198.18.0.13)
+RELAYS=(relay1:12:198.18.0.11 relay2:13:198.18.0.12 relay3:12:198.18.0.13 relay4:13:198.18.0.14)
 LABEL=(--label torexit.demo=1)
 # The same flags as the platforms in .config/molecule/config.yml.
 SYSTEMD_FLAGS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW
@@ -34,6 +49,7 @@ SYSTEMD_FLAGS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW
 
 declare -a TIMINGS=()
 T0=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 PHASE_START=$T0
 phase_done() {
   local now; now=$(date +%s)
@@ -46,6 +62,16 @@ relay_c() { echo "torexit-demo-$1"; }
 say "removing what an earlier demo left"
 bash demo/clean.sh
 mkdir -p "$GEN/inventory/host_vars" "$GEN/logs"
+
+# Every playbook run of the demo uses one copy of the collection taken now: the
+# second run must compare against what the first one installed, even when the
+# checkout is edited meanwhile (a changed renderer between the two runs rightly
+# rewrites the guard's rules, and the demo would report that as non-idempotence).
+SNAP=$GEN/collections/ansible_collections/torexit/hardening
+mkdir -p "$SNAP"
+cp -a galaxy.yml meta plugins roles playbooks "$SNAP/"
+export ANSIBLE_COLLECTIONS_PATH="$GEN/collections"
+echo "collection snapshot: $SNAP (git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- galaxy.yml meta plugins roles playbooks 2>/dev/null || echo ', with uncommitted changes'))"
 
 say "network $NET ($SUBNET) and containers"
 docker network create "${LABEL[@]}" --subnet "$SUBNET" --gateway "$GATEWAY" "$NET" >/dev/null
@@ -114,22 +140,53 @@ cp demo/group_vars_tor_exits.yml "$GEN/inventory/group_vars/tor_exits.yml"
 for f in demo/host_vars/*.yml; do cp "$f" "$GEN/inventory/host_vars/"; done
 cat "$GEN/inventory/hosts.yml"
 
-PLAYBOOK=(ansible-playbook -i "$GEN/inventory" playbooks/harden-exit.yml -e torexit_serial=100%)
+PLAYBOOK=(ansible-playbook -i "$GEN/inventory" "$SNAP/playbooks/harden_exit.yml" -e torexit_serial=100%)
+# Sum of changed= over the PLAY RECAP of a log; the tasks that changed, with host.
+recap_changed() {
+  awk '/^PLAY RECAP/{r=1} r && /changed=/{sub(/.*changed=/,""); sub(/ .*/,""); s+=$0} END{print s+0}' "$1"
+}
+changed_tasks() {
+  awk '/^TASK \[/{t=$0; sub(/^TASK \[/,"",t); sub(/\] \**$/,"",t)} /^changed: \[/{h=$2; gsub(/[\[\]:]/,"",h); print "  " h ": " t}' "$1" | sort -u
+}
+
+if [[ " ${DEMO_EXTRA:-} " == *" fresh-check "* ]]; then
+  say "${PLAYBOOK[*]} --check --diff   (dry run on the fresh fleet)"
+  "${PLAYBOOK[@]}" --check --diff 2>&1 | tee "$GEN/logs/harden-0-check.log"
+  phase_done "harden_exit.yml --check, fresh fleet"
+fi
+
 say "${PLAYBOOK[*]}   (first run)"
 "${PLAYBOOK[@]}" 2>&1 | tee "$GEN/logs/harden-1.log"
 phase_done "harden_exit.yml, first run"
 
-say "${PLAYBOOK[*]}   (second run: must change nothing)"
-"${PLAYBOOK[@]}" 2>&1 | tee "$GEN/logs/harden-2.log"
+# --diff: a task that is not idempotent shows what it changed.
+say "${PLAYBOOK[*]} --diff   (second run: must change nothing)"
+"${PLAYBOOK[@]}" --diff 2>&1 | tee "$GEN/logs/harden-2.log"
 phase_done "harden_exit.yml, second run"
-changed_second=$(awk '/^PLAY RECAP/{r=1} r && /changed=/{sub(/.*changed=/,""); sub(/ .*/,""); s+=$0} END{print s+0}' "$GEN/logs/harden-2.log")
+changed_second=$(recap_changed "$GEN/logs/harden-2.log")
+if [ "$changed_second" -ne 0 ]; then
+  echo "demo: NOT idempotent, the second run changed (the diffs are above and in $GEN/logs/harden-2.log):"
+  changed_tasks "$GEN/logs/harden-2.log"
+fi
 
-say "abuse drill from relay1 (enforce) and relay2 (monitor) as debian-tor"
+changed_check=0
+if [[ " ${DEMO_EXTRA:-} " == *" check "* ]]; then
+  say "${PLAYBOOK[*]} --check --diff   (dry run on the hardened fleet: must report nothing)"
+  "${PLAYBOOK[@]}" --check --diff 2>&1 | tee "$GEN/logs/harden-3-check.log"
+  phase_done "harden_exit.yml --check, hardened fleet"
+  changed_check=$(recap_changed "$GEN/logs/harden-3-check.log")
+  [ "$changed_check" -eq 0 ] || { echo "demo: the dry run reported changes:"; changed_tasks "$GEN/logs/harden-3-check.log"; }
+fi
+
+say "abuse drill from relay1 (nftables, enforce), relay2 (nftables, monitor) and relay4 (iptables, enforce) as debian-tor"
 drill_rows=()
-for name in relay1 relay2; do
+for name in relay1 relay2 relay4; do
   while IFS= read -r line; do
     drill_rows+=("$name $line")
   done < <(docker exec -i "$(relay_c "$name")" runuser -u debian-tor -- python3 - <demo/drill.py)
+done
+# The metrics exporter reads the nftables table (relay1 and relay2).
+for name in relay1 relay2; do
   docker exec "$(relay_c "$name")" systemctl start torexit-guard-metrics.service
   docker exec "$(relay_c "$name")" cat /var/lib/prometheus/node-exporter/torexit_guard.prom \
     >"$GEN/logs/metrics-$name.prom"
@@ -147,9 +204,25 @@ rm -rf "$profile"
 [ -s "$SHOT" ] || SHOT="(no screenshot: chromium failed)"
 phase_done "screenshot"
 
+undo_second=0
+if [[ " ${DEMO_EXTRA:-} " == *" undo "* ]]; then
+  UNDO=(ansible-playbook -i "$GEN/inventory" "$SNAP/playbooks/undo_exit_hardening.yml" -e torexit_serial=100% --limit relay3,relay4)
+  say "${UNDO[*]} --diff   (relay3: ufw, relay4: iptables)"
+  "${UNDO[@]}" --diff 2>&1 | tee "$GEN/logs/undo-1.log"
+  say "${UNDO[*]} --diff   (second undo: must change nothing)"
+  "${UNDO[@]}" --diff 2>&1 | tee "$GEN/logs/undo-2.log"
+  phase_done "undo_exit_hardening.yml, twice"
+  undo_second=$(recap_changed "$GEN/logs/undo-2.log")
+  echo "undo: first run changed=$(recap_changed "$GEN/logs/undo-1.log"), second run changed=$undo_second"
+  [ "$undo_second" -eq 0 ] || { echo "demo: the second undo changed:"; changed_tasks "$GEN/logs/undo-2.log"; }
+  for name in relay3 relay4; do
+    echo "  $name after undo: $(docker exec "$(relay_c "$name")" sh -c 'ls /etc/torexit 2>/dev/null | wc -l; iptables -S | grep -c TOREXIT; ipset list -n | grep -c torexit; systemctl list-unit-files "torexit*" --no-legend | wc -l' | tr '\n' ' ')(files in /etc/torexit, TOREXIT iptables rules, torexit ipsets, torexit units)"
+  done
+fi
+
 say "summary"
 drill_ok=0
-python3 demo/summary.py --changed-second "$changed_second" --mode relay1=enforce --mode relay2=monitor \
+python3 demo/summary.py --changed-second "$changed_second" --mode relay1=enforce --mode relay2=monitor --mode relay4=enforce \
   --metrics relay1="$GEN/logs/metrics-relay1.prom" --metrics relay2="$GEN/logs/metrics-relay2.prom" \
   "${drill_rows[@]}" || drill_ok=$?
 echo
@@ -160,6 +233,7 @@ echo
 echo "timings"
 printf '  %s\n' "${TIMINGS[@]}"
 printf '  %-40s %5d s\n' "total" $(( $(date +%s) - T0 ))
+echo "  load average (1, 5, 15 min): $LOAD0 at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($(nproc) cores)"
 echo
 echo "Remove the lab with: make demo-clean"
-[ "$changed_second" -eq 0 ] && [ "$drill_ok" -eq 0 ]
+[ "$changed_second" -eq 0 ] && [ "$changed_check" -eq 0 ] && [ "$undo_second" -eq 0 ] && [ "$drill_ok" -eq 0 ]
