@@ -55,13 +55,12 @@ FLOOD_PORT = 80
 # puts on every host (it accepts everything here): conntrack runs in all of them,
 # so `none` is a hardened exit without the egress guard, and the guard is not
 # billed for connection tracking, which the host pays for anyway.
-INBOUND_BASELINE = """table inet txbench_inbound {
-	chain input {
-		type filter hook input priority filter; policy accept;
-		ct state established,related accept
-	}
-}
-"""
+INBOUND_BASELINE = ("table inet txbench_inbound {\n"
+                    "\tchain input {\n"
+                    "\t\ttype filter hook input priority filter; policy accept;\n"
+                    "\t\tct state established,related accept\n"
+                    "\t}\n"
+                    "}\n")
 
 
 def torrent_ports(n=200):

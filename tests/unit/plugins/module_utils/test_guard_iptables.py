@@ -93,7 +93,6 @@ def test_thresholds_reach_hashlimit_and_connlimit():
     assert "--hashlimit-htable-expire 600000" in strict48
 
 
-
 def test_first_contacts_go_to_scans_and_repeats_to_the_flood_chain():
     p, digest = policy()
     detect = [r for r in gi.rules(p, digest, "v4") if r.startswith("-A TOREXIT-DETECT ")]
@@ -105,6 +104,7 @@ def test_first_contacts_go_to_scans_and_repeats_to_the_flood_chain():
     assert not [r for r in detect if "connlimit" in r]
     assert "TOREXIT-FLOOD" in gi.chains(p)
     assert gi.our_chains(":TOREXIT-FLOOD - [0:0]\n:TOREXIT-INPUT - [0:0]\n") == ["TOREXIT-FLOOD"]
+
 
 def test_hook_and_stale_chains():
     p, digest = policy()
@@ -200,8 +200,8 @@ def test_sets_the_kernel_fills_get_buckets_for_their_maxelem():
         assert specs[name]["maxelem"] == 100000 and specs[name]["hashsize"] == 32768
         assert specs[name]["hashsize"] * 12 >= specs[name]["maxelem"]
     assert "hashsize" not in specs["torexit_optout_v4"]   # filled from user space, which grows it
-    live = {"type": "hash:ip,port", "header": {"family": "inet", "maxelem": "100000", "hashsize": "1024",
-                                                  "timeout": "600"}}
+    header = {"family": "inet", "maxelem": "100000", "hashsize": "1024", "timeout": "600"}
+    live = {"type": "hash:ip,port", "header": header}
     seen = [s for s in gi.ipsets(p) if s["name"] == "torexit_seen_v4"][0]
     assert not gi.set_matches(seen, live)                 # an older set is recreated
     live["header"]["hashsize"] = "32768"
