@@ -7,7 +7,7 @@ VENV := .venv/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 export PATH := $(CURDIR)/$(VENV):$(PATH)
 
-.PHONY: test demo demo-clean bench setup lint sanity unit integration molecule docs build clean
+.PHONY: test demo demo-full demo-clean bench setup lint sanity unit integration molecule docs build clean
 
 ## Everything that proves the collection works; ends with `summary: N passed, N failed`.
 test:
@@ -46,6 +46,10 @@ bench: setup
 ## Lab fleet: relay containers, harden-exit.yml, abuse drill, summary table.
 demo: setup
 	bash demo/run.sh
+
+## The demo plus dry runs (fresh and hardened fleet) and the undo playbook.
+demo-full: setup
+	DEMO_EXTRA="fresh-check check undo" bash demo/run.sh
 
 demo-clean:
 	bash demo/clean.sh

@@ -61,7 +61,7 @@ installed:
   returned: always
   type: bool
 digest:
-  description: SHA-256 of the policy the loaded table was rendered from.
+  description: SHA-256 of the policy and of the rules rendered from it, as stored with the loaded rules (see the digest of M(torexit.hardening.egress_guard)).
   returned: when installed
   type: str
 counters:
