@@ -100,7 +100,7 @@ ExecStart={relays}
 RELAYS_TIMER_TEXT = """\
 # Managed by torexit.hardening.egress_guard
 [Unit]
-Description=torexit.hardening: refresh the egress guard's relay allow list every 30 minutes
+Description=torexit.hardening: refresh the egress guard's {what} every 30 minutes
 
 [Timer]
 OnBootSec=2min
@@ -126,7 +126,7 @@ def desired_files(ruleset_text, relay_allowlist):
     if relay_allowlist:
         files[RELAYS_SCRIPT] = (relays_script(), 0o755)
         files[os.path.join(UNIT_DIR, RELAYS_UNIT)] = (RELAYS_UNIT_TEXT.format(relays=RELAYS_SCRIPT), 0o644)
-        files[os.path.join(UNIT_DIR, RELAYS_TIMER)] = (RELAYS_TIMER_TEXT, 0o644)
+        files[os.path.join(UNIT_DIR, RELAYS_TIMER)] = (RELAYS_TIMER_TEXT.format(what="relay allow list"), 0o644)
     return files
 
 

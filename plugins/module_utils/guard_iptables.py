@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_host
 from ansible_collections.torexit.hardening.plugins.module_utils.guard_nftables import COUNTERS, _rate, ban_sets
 
 CHAIN_PREFIX = "TOREXIT-"
@@ -573,31 +574,15 @@ Type=oneshot
 ExecStart={relays}
 """
 
-RELAYS_TIMER_TEXT = """\
-# Managed by torexit.hardening.egress_guard
-[Unit]
-Description=torexit.hardening: refresh the egress guard's relay ipsets every 30 minutes
-
-[Timer]
-OnBootSec=2min
-OnUnitActiveSec=30min
-RandomizedDelaySec=2min
-
-[Install]
-WantedBy=timers.target
-"""
-
-
 def relays_script():
-    from ansible_collections.torexit.hardening.plugins.module_utils.guard_host import CONSENSUS_GLOBS
-    return RELAYS_SCRIPT_TEXT.format(globs=CONSENSUS_GLOBS)
+    return RELAYS_SCRIPT_TEXT.format(globs=guard_host.CONSENSUS_GLOBS)
 
 
 def relay_files(after_unit):
     return {
         RELAYS_SCRIPT: (relays_script(), 0o755),
         UNIT_DIR + "/" + RELAYS_UNIT: (RELAYS_UNIT_TEXT.format(after=after_unit, relays=RELAYS_SCRIPT), 0o644),
-        UNIT_DIR + "/" + RELAYS_TIMER: (RELAYS_TIMER_TEXT, 0o644),
+        UNIT_DIR + "/" + RELAYS_TIMER: (guard_host.RELAYS_TIMER_TEXT.format(what="relay ipsets"), 0o644),
     }
 
 
