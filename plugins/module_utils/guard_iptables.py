@@ -574,6 +574,7 @@ Type=oneshot
 ExecStart={relays}
 """
 
+
 def relays_script():
     return RELAYS_SCRIPT_TEXT.format(globs=guard_host.CONSENSUS_GLOBS)
 
