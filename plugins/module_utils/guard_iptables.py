@@ -30,6 +30,10 @@ from ansible_collections.torexit.hardening.plugins.module_utils import guard_hos
 from ansible_collections.torexit.hardening.plugins.module_utils.guard_nftables import COUNTERS, _rate, ban_sets
 
 CHAIN_PREFIX = "TOREXIT-"
+# The chains of one family after the prefix, in declaration order; HSHIT-<n> (one per
+# horizontal-scan level) come between the two groups.
+HEAD_CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")
+TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD")
 SET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 FAMILIES = (("v4", "inet", 32, "iptables"), ("v6", "inet6", 128, "ip6tables"))
@@ -143,9 +147,9 @@ def ipset_file(policy):
 
 def chains(policy, prefix=CHAIN_PREFIX):
     """Names of the chains of one family, the entry chain first."""
-    names = [prefix + n for n in ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")]
+    names = [prefix + n for n in HEAD_CHAINS]
     names += [prefix + "HSHIT-%d" % i for i in range(len(policy["horizontal_scan"]["prefixes_v4"]))]
-    names += [prefix + "VSHIT", prefix + "FLHIT", prefix + "FLOOD"]
+    names += [prefix + n for n in TAIL_CHAINS]
     return names
 
 
@@ -281,8 +285,8 @@ def our_chains(saved, prefix=CHAIN_PREFIX):
     """The guard's chains declared in an iptables-save text: only the names
     chains() makes, so other TOREXIT-* chains (the firewall role's TOREXIT-INPUT,
     the ufw backend's TOREXIT-UFW-*) are never taken for ours."""
-    pattern = re.compile(r"^:(%s(?:GUARD|DETECT|SCAN|HS-(?:STRICT|WEB|DEFAULT)|HSHIT-\d+|VSHIT|FLHIT|FLOOD)) "
-                         % re.escape(prefix))
+    fixed = "|".join(re.escape(n) for n in HEAD_CHAINS + TAIL_CHAINS)
+    pattern = re.compile(r"^:(%s(?:%s|HSHIT-\d+)) " % (re.escape(prefix), fixed))
     return [m.group(1) for m in map(pattern.match, saved.splitlines()) if m]
 
 

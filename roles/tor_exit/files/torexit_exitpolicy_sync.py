@@ -76,6 +76,15 @@ def _value_networks(val, version, prefixlen):
     return nets
 
 
+def guard_set(name, prefix=""):
+    """(ban match, opt-out match) of a set name of the guard, after `prefix` (the
+    ipsets' torexit_); (None, None) for any other set."""
+    if not name.startswith(prefix):
+        return None, None
+    short = name[len(prefix):]
+    return BAN_SET_RE.match(short), OPTOUT_SET_RE.match(short)
+
+
 def _port(value):
     """A port (int) or a port range (low, high) from nft JSON (80, {"range": [80, 82]})
     or ipset text ("80", "80-82")."""
@@ -110,9 +119,7 @@ def entries_from_nft(document):
         nset = item.get("set")
         if not nset or (nset.get("family"), nset.get("table")) != TABLE:
             continue
-        name = nset.get("name", "")
-        ban = BAN_SET_RE.match(name)
-        optout = OPTOUT_SET_RE.match(name)
+        ban, optout = guard_set(nset.get("name", ""))
         if not ban and not optout:
             continue
         version = int((ban or optout).group(1))
@@ -168,8 +175,7 @@ def entries_from_ipset(text):
         if len(words) < 3 or words[0] not in ("create", "add"):
             continue
         if words[0] == "create":
-            short = words[1][len(IPSET_PREFIX):] if words[1].startswith(IPSET_PREFIX) else ""
-            ban, optout = BAN_SET_RE.match(short), OPTOUT_SET_RE.match(short)
+            ban, optout = guard_set(words[1], IPSET_PREFIX)
             if not ban and not optout:
                 continue
             version = int((ban or optout).group(1))
@@ -260,8 +266,7 @@ def read_ipsets(ipset="ipset"):
         raise SyncError(f"ipset list failed ({proc.returncode}): {proc.stderr.strip()}")
     texts = []
     for name in proc.stdout.split():
-        short = name[len(IPSET_PREFIX):] if name.startswith(IPSET_PREFIX) else ""
-        if not BAN_SET_RE.match(short) and not OPTOUT_SET_RE.match(short):
+        if not any(guard_set(name, IPSET_PREFIX)):
             continue
         saved = _ipset_run([ipset, "save", name])
         if saved is None or (saved.returncode != 0 and "does not exist" in saved.stderr):
