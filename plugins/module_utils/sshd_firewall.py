@@ -1,0 +1,170 @@
+# Copyright: torexit.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Whether a TCP port is open in the active firewalls (ufw, nftables, legacy
+iptables), read from their own listings."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+
+def _port_in(spec, port):
+    for item in str(spec).split(","):
+        low, _sep, high = item.partition(":")
+        if low.isdigit() and int(low) <= port <= int(high if high.isdigit() else low):
+            return True
+    return False
+
+
+def ufw_open(status_text, port):
+    """None when ufw is inactive; else whether the first ufw rule naming the TCP port
+    allows it (ALLOW or LIMIT). The app profile OpenSSH stands for port 22."""
+    lines = status_text.splitlines()
+    if not lines or lines[0].strip().lower() != "status: active":
+        return None
+    for line in lines[1:]:
+        cols = re.split(r"\s{2,}", line.strip())
+        if len(cols) < 2 or cols[0] == "To" or set(cols[0]) <= set("- "):
+            continue
+        to = cols[0].replace("(v6)", "").split()[0]
+        spec, _sep, proto = to.partition("/")
+        if proto not in ("", "tcp"):
+            continue
+        if spec == "OpenSSH":
+            spec = "22"
+        if _port_in(spec, port):
+            return cols[1].split()[0] in ("ALLOW", "LIMIT")
+    return False
+
+
+def _nft_values(right, sets):
+    if isinstance(right, str) and right.startswith("@"):
+        return _nft_values({"set": sets.get(right[1:], [])}, sets)
+    if isinstance(right, dict) and "set" in right:
+        out = []
+        for elem in right["set"] if isinstance(right["set"], list) else [right["set"]]:
+            out.extend(_nft_values(elem, sets))
+        return out
+    if isinstance(right, dict) and "range" in right:
+        return [tuple(right["range"])]
+    if isinstance(right, dict) and "elem" in right:
+        return _nft_values(right["elem"].get("val"), sets)
+    return [right]
+
+
+def _nft_rule_accepts(expr, port, sets):
+    verdict = any("accept" in e for e in expr)
+    for e in expr:
+        match = e.get("match") if isinstance(e, dict) else None
+        if not match or match.get("op") not in ("==", "in"):
+            continue
+        payload = match.get("left", {}).get("payload", {}) if isinstance(match.get("left"), dict) else {}
+        if payload.get("field") == "dport" and payload.get("protocol") in ("tcp", "th"):
+            for v in _nft_values(match.get("right"), sets):
+                if isinstance(v, tuple) and v[0] <= port <= v[1]:
+                    return verdict
+                if isinstance(v, int) and v == port:
+                    return verdict
+    return False
+
+
+def _nft_unconditional_drop(expr):
+    kinds = [next(iter(e)) for e in expr if isinstance(e, dict)]
+    return bool(kinds) and kinds[-1] in ("drop", "reject") and set(kinds[:-1]) <= {"counter", "log"}
+
+
+def nft_open(ruleset, port, skip_ufw=False):
+    """Whether every nftables table that filters input lets TCP ``port`` in.
+
+    A table closes by default when one of its input base chains has policy drop or
+    ends in an unconditional drop/reject; such a table counts as open for the port
+    when any of its rules matches that TCP destination port (value, range, anonymous
+    or named set) and accepts. Other conditions of that rule (source address,
+    interface) are not evaluated. Returns (open, names of the tables that block)."""
+    items = json.loads(ruleset).get("nftables", []) if ruleset.strip() else []
+    tables = {}
+    for item in items:
+        kind, obj = next(iter(item.items()))
+        if kind not in ("chain", "rule", "set") or obj.get("family") not in ("ip", "ip6", "inet"):
+            continue
+        table = tables.setdefault((obj["family"], obj["table"]), {"chains": [], "rules": [], "sets": {}})
+        if kind == "chain":
+            table["chains"].append(obj)
+        elif kind == "rule":
+            table["rules"].append(obj)
+        else:
+            table["sets"][obj["name"]] = obj.get("elem", [])
+    blocking = []
+    for (family, name), table in sorted(tables.items()):
+        if skip_ufw and any(c["name"].startswith("ufw") for c in table["chains"]):
+            continue
+        inputs = [c["name"] for c in table["chains"] if c.get("hook") == "input"]
+        closed = any(c.get("hook") == "input" and c.get("policy") == "drop" for c in table["chains"]) or any(
+            r["chain"] in inputs and _nft_unconditional_drop(r.get("expr", [])) for r in table["rules"])
+        if closed and not any(_nft_rule_accepts(r.get("expr", []), port, table["sets"]) for r in table["rules"]):
+            blocking.append(f"{family} {name}")
+    return not blocking, blocking
+
+
+def iptables_open(save_text, port, skip_ufw=False):
+    """Same rule as nft_open for iptables-save output (legacy iptables): the filter
+    table closes by default with INPUT policy DROP or an unconditional -j DROP/REJECT
+    in INPUT, and is open for the port when an ACCEPT rule names it with --dport or
+    --dports."""
+    closed = accepted = has_ufw = False
+    in_filter = False
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            in_filter = line.strip() == "*filter"
+            continue
+        if not in_filter:
+            continue
+        if line.startswith(":ufw"):
+            has_ufw = True
+        if line.startswith(":INPUT ") and line.split()[1] == "DROP":
+            closed = True
+        if not line.startswith("-A "):
+            continue
+        args = shlex.split(line)
+        target = args[args.index("-j") + 1] if "-j" in args else ""
+        if args[1] == "INPUT" and target in ("DROP", "REJECT") and len(args) == 4:
+            closed = True
+        if target == "ACCEPT" and ("tcp" in args or "6" in args):
+            for flag in ("--dport", "--dports", "--destination-port", "--destination-ports"):
+                if flag in args and _port_in(args[args.index(flag) + 1], port):
+                    accepted = True
+    if skip_ufw and has_ufw:
+        return True
+    return accepted or not closed
+
+
+def firewall_checker(module):
+    """``check(port)``: None when every active firewall lets TCP ``port`` in, else why."""
+    def check(port):
+        ufw = module.get_bin_path("ufw")
+        ufw_active = False
+        if ufw:
+            rc, out, _err = module.run_command([ufw, "status"])
+            verdict = ufw_open(out, port) if rc == 0 else None
+            ufw_active = verdict is not None
+            if verdict is False:
+                return f"ufw has no ALLOW or LIMIT rule for {port}/tcp"
+        nft = module.get_bin_path("nft")
+        if nft:
+            rc, out, err = module.run_command([nft, "-j", "list", "ruleset"])
+            if rc != 0:
+                return f"cannot read the nftables ruleset: {err.strip()}"
+            is_open, blocking = nft_open(out, port, skip_ufw=ufw_active)
+            if not is_open:
+                return (f"nftables table(s) {', '.join(blocking)} drop input by default "
+                        f"and no rule accepts tcp dport {port}")
+        for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+            path = module.get_bin_path(tool)
+            if path:
+                rc, out, _err = module.run_command([path, "-t", "filter"])
+                if rc == 0 and not iptables_open(out, port, skip_ufw=ufw_active):
+                    return f"{tool}: INPUT drops by default and no ACCEPT rule names port {port}"
+        return None
+    return check

@@ -1,0 +1,139 @@
+# Copyright: torexit.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Whether the connecting user can still log in: password login, usable authorized
+keys (key types, RSA sizes, StrictModes, options) and AuthenticationMethods."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+import stat
+import struct
+
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, words
+
+
+def password_possible(eff, user):
+    if user == "root" and first(eff, "permitrootlogin") != "yes":
+        return False
+    if first(eff, "passwordauthentication") == "yes":
+        return True
+    return first(eff, "kbdinteractiveauthentication") == "yes" and first(eff, "usepam") == "yes"
+
+
+def parse_key_line(line):
+    """(options, key type, key blob) of an authorized_keys line, or None."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    try:
+        fields = shlex.split(line, posix=False)
+    except ValueError:
+        return None
+    for i, field in enumerate(fields[:-1]):
+        if re.match(r"^(ssh-|ecdsa-|sk-|rsa-)", field):
+            try:
+                blob = base64.b64decode(fields[i + 1], validate=True)
+            except ValueError:
+                return None
+            return " ".join(fields[:i]), field, blob
+    return None
+
+
+def rsa_bits(blob):
+    """Modulus size of an ssh-rsa public key blob (string type, mpint e, mpint n)."""
+    parts, offset = [], 0
+    for _field in range(3):
+        (length,) = struct.unpack(">I", blob[offset:offset + 4])
+        parts.append(blob[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return int.from_bytes(parts[2], "big").bit_length()
+
+
+def key_usable(options, keytype, blob, eff, user):
+    """None when sshd would accept this key for a login shell, else the reason."""
+    if first(eff, "pubkeyauthentication") != "yes":
+        return "PubkeyAuthentication is no"
+    if "cert-authority" in options.split(","):
+        return "cert-authority line (certificates are not checked)"
+    if user == "root" and first(eff, "permitrootlogin") not in ("yes", "prohibit-password", "without-password"):
+        return "PermitRootLogin {}".format(first(eff, "permitrootlogin"))
+    accepted = first(eff, "pubkeyacceptedalgorithms").split(",")
+    algorithms = ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if keytype == "ssh-rsa" else [keytype]
+    if not any(a in accepted for a in algorithms):
+        return f"key type {keytype} not in PubkeyAcceptedAlgorithms"
+    if keytype == "ssh-rsa":
+        try:
+            bits = rsa_bits(blob)
+        except (struct.error, IndexError):
+            return "unreadable RSA key"
+        if bits < int(first(eff, "requiredrsasize", "1024") or 1024):
+            return f"RSA key of {bits} bits is below RequiredRSASize"
+    return None
+
+
+def authorized_keys_files(eff, user, home):
+    files = []
+    for pattern in words(eff, "authorizedkeysfile"):
+        if pattern == "none":
+            continue
+        path = pattern.replace("%%", "\0").replace("%h", home).replace("%u", user).replace("%U", "")
+        path = path.replace("\0", "%")
+        if path.startswith("~/"):
+            path = os.path.join(home, path[2:])
+        files.append(path if os.path.isabs(path) else os.path.join(home, path))
+    return files
+
+
+def strict_modes_problem(path, uid, home, lstat=os.stat):
+    """What sshd's StrictModes would object to on the file or its directories."""
+    current = path
+    for _level in range(64):
+        try:
+            st = lstat(current)
+        except OSError as exc:
+            return f"{current}: {exc.strerror}"
+        if st.st_uid not in (0, uid):
+            return f"{current} is owned by uid {st.st_uid}"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"{current} is writable by group or others"
+        if current in (home, "/"):
+            return None
+        current = os.path.dirname(current)
+    return None
+
+
+def usable_keys(eff, user, home, uid, read_text, lstat=os.stat):
+    """(usable key descriptions, reasons the others are not usable)."""
+    good, bad = [], []
+    for path in authorized_keys_files(eff, user, home):
+        text = read_text(path)
+        if text is None:
+            continue
+        if first(eff, "strictmodes") == "yes":
+            problem = strict_modes_problem(path, uid, home, lstat)
+            if problem:
+                bad.append(f"{path}: StrictModes: {problem}")
+                continue
+        for line in text.splitlines():
+            parsed = parse_key_line(line)
+            if parsed is None:
+                continue
+            reason = key_usable(parsed[0], parsed[1], parsed[2], eff, user)
+            if reason:
+                bad.append(f"{path}: {reason}")
+            else:
+                good.append(f"{path}: {parsed[1]}")
+    return good, bad
+
+
+def login_possible(eff, password, keys):
+    """Whether AuthenticationMethods can be satisfied with what is available."""
+    available = {"password": password, "keyboard-interactive": password, "publickey": keys}
+    methods = first(eff, "authenticationmethods", "any")
+    if methods == "any":
+        return password or keys
+    return any(all(available.get(m.split(":")[0], False) for m in lst.split(","))
+               for lst in methods.split())

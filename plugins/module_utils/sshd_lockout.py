@@ -1,0 +1,108 @@
+# Copyright: torexit.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The refusal check: would the new effective configuration lock the connecting user
+out where the current one did not? Plain functions of data, unit tested without sshd."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import listen_ports, words
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import login_possible, password_possible, usable_keys
+
+
+class Refused(Exception):
+    """A change that would lock the connecting user out."""
+
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+# -------------------------------------------------- refusal 2: Allow/Deny lists
+
+def _host_matches(pattern, address):
+    if address is None:
+        return None
+    for item in pattern.split(","):
+        negate = item.startswith("!")
+        item = item.lstrip("!")
+        try:
+            hit = ipaddress.ip_address(address) in ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            hit = fnmatch.fnmatchcase(address, item)
+        if hit:
+            return not negate
+    return False
+
+
+def user_matches(pattern, user, address):
+    """sshd's match_user: USER or USER@HOST with * and ? wildcards. None = unknown
+    (a @HOST pattern while the connecting address is unknown)."""
+    if "@" in pattern:
+        upat, hpat = pattern.split("@", 1)
+        if not fnmatch.fnmatchcase(user, upat):
+            return False
+        return _host_matches(hpat, address)
+    return fnmatch.fnmatchcase(user, pattern)
+
+
+def access_problem(eff, user, groups, address):
+    """None when AllowUsers/DenyUsers/AllowGroups/DenyGroups let the user in, else why.
+    Patterns that cannot be decided (unknown address) count against the user."""
+    for pattern in words(eff, "denyusers"):
+        if user_matches(pattern, user, address) is not False:
+            return f"DenyUsers {pattern} matches {user}"
+    allow = words(eff, "allowusers")
+    if allow and not any(user_matches(p, user, address) for p in allow):
+        return "AllowUsers {} does not include {}".format(" ".join(allow), user)
+    for pattern in words(eff, "denygroups"):
+        if any(fnmatch.fnmatchcase(g, pattern) for g in groups):
+            return f"DenyGroups {pattern} matches a group of {user}"
+    allow = words(eff, "allowgroups")
+    if allow and not any(fnmatch.fnmatchcase(g, p) for g in groups for p in allow):
+        return "AllowGroups {} includes no group of {} ({})".format(" ".join(allow), user, " ".join(groups))
+    return None
+
+
+# ------------------------------------------------------------------- the decision
+
+def check_lockout(before, after, user, groups, home, uid, address, port, read_text,
+                  firewall, lstat=os.stat):
+    """Raise Refused when ``after`` would lock the connecting user out where ``before``
+    did not. ``before`` may be None (current configuration unreadable): then only
+    ``after`` is judged. ``firewall(port)`` returns None when the port is open, else
+    the reason it is not."""
+    # Refusal 1: no way left to log in (passwords off and no usable key).
+    pw_after = password_possible(after, user)
+    keys_after, bad_after = usable_keys(after, user, home, uid, read_text, lstat)
+    if not login_possible(after, pw_after, bool(keys_after)):
+        ok_before = True
+        if before is not None:
+            keys_before, _problems = usable_keys(before, user, home, uid, read_text, lstat)
+            ok_before = login_possible(before, password_possible(before, user), bool(keys_before))
+        if ok_before:
+            raise Refused(
+                "no_usable_key",
+                "refusing: password login would be impossible for {}, who has no usable "
+                "authorized key ({})".format(user, "; ".join(bad_after) or "no authorized_keys file with a key"))
+    # Refusal 2: AllowUsers/AllowGroups/DenyUsers/DenyGroups exclude the user.
+    problem = access_problem(after, user, groups, address)
+    if problem and (before is None or access_problem(before, user, groups, address) is None):
+        raise Refused("user_excluded", "refusing: the new configuration would lock out the connecting user {}: {}{}".format(
+            user, problem, "" if address else " (connecting address unknown: set connecting_address)"))
+    # Refusal 3: ports.
+    ports_before = listen_ports(before) if before is not None else set()
+    ports_after = listen_ports(after)
+    if port and port in ports_before and port not in ports_after:
+        raise Refused("port_dropped", f"refusing: sshd would stop listening on port {port}, the port "
+                      "of the current connection; add the new port first, reconnect on it, then "
+                      "drop the old one")
+    for new in sorted(ports_after - ports_before):
+        reason = firewall(new)
+        if reason:
+            raise Refused("port_closed", f"refusing: new sshd port {new} is not open in the firewall ({reason})")
+    return sorted(ports_before), sorted(ports_after)

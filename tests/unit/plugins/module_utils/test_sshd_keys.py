@@ -1,0 +1,79 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests of sshd_keys: which keys and passwords count (refusal 1 of the lock-out check)."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+from sshd_samples import ED25519, HOME, KEYS, eff, lockout, reader, rsa_line
+
+from ansible_collections.torexit.hardening.plugins.module_utils import sshd_keys, sshd_lockout
+
+# ------------------------------------------------------- refusal 1: password / keys
+
+
+def test_refuses_disabling_passwords_without_keys():
+    with pytest.raises(sshd_lockout.Refused) as exc:
+        lockout(eff(), eff(passwordauthentication="no"))
+    assert exc.value.code == "no_usable_key"
+
+
+def test_allows_disabling_passwords_with_a_key():
+    assert lockout(eff(), eff(passwordauthentication="no"), files={KEYS: ED25519 + "\n"}) == ([22], [22])
+
+
+@pytest.mark.parametrize("after, line", [
+    (eff(passwordauthentication="no", pubkeyacceptedalgorithms="rsa-sha2-512"), ED25519),
+    (eff(passwordauthentication="no", requiredrsasize="3072"), rsa_line(2048)),
+    (eff(passwordauthentication="no", pubkeyauthentication="no"), ED25519),
+    (eff(passwordauthentication="no"), 'cert-authority ' + ED25519),
+])
+def test_keys_sshd_would_not_accept_do_not_count(after, line):
+    with pytest.raises(sshd_lockout.Refused, match="no usable authorized key"):
+        lockout(eff(), after, files={KEYS: line + "\n"})
+
+
+def test_rsa_size_is_read_from_the_key():
+    assert sshd_keys.rsa_bits(sshd_keys.parse_key_line(rsa_line(3072))[2]) == 3072
+    assert lockout(eff(), eff(passwordauthentication="no", requiredrsasize="3072"),
+                   files={KEYS: rsa_line(4096)}) == ([22], [22])
+
+
+def test_key_options_are_skipped_when_parsing():
+    opts, keytype, _blob = sshd_keys.parse_key_line('from="198.18.0.0/15",command="echo a b" ' + ED25519)
+    assert keytype == "ssh-ed25519" and opts.startswith("from=")
+
+
+def test_strict_modes_group_writable_home_makes_keys_unusable():
+    def loose(path):
+        return SimpleNamespace(st_uid=1000, st_mode=0o40775 if path == HOME else 0o100600)
+
+    with pytest.raises(sshd_lockout.Refused, match="StrictModes"):
+        sshd_lockout.check_lockout(eff(), eff(passwordauthentication="no"), "op", ["op"], HOME, 1000, None, 22,
+                         reader({KEYS: ED25519}), lambda p: None, lstat=loose)
+
+
+def test_root_needs_keys_and_permit_root_login():
+    with pytest.raises(sshd_lockout.Refused, match="no usable"):
+        lockout(eff(permitrootlogin="yes"), eff(permitrootlogin="prohibit-password"), user="root")
+    files = {HOME + "/.ssh/authorized_keys": ED25519}
+    with pytest.raises(sshd_lockout.Refused):
+        lockout(eff(), eff(permitrootlogin="no"), files=files, user="root")
+
+
+def test_authentication_methods_requiring_both():
+    after = eff(passwordauthentication="no", authenticationmethods="publickey,password")
+    with pytest.raises(sshd_lockout.Refused):
+        lockout(eff(), after, files={KEYS: ED25519})
+
+
+def test_no_refusal_when_login_was_already_impossible():
+    before = eff(passwordauthentication="no")
+    assert lockout(before, before) == ([22], [22])
+
+
+def test_authorized_keys_file_tokens():
+    files = sshd_keys.authorized_keys_files(eff(authorizedkeysfile="%h/.ssh/k /etc/keys/%u ~/x"), "op", HOME)
+    assert files == [HOME + "/.ssh/k", "/etc/keys/op", os.path.join(HOME, "x")]
