@@ -9,7 +9,7 @@ import fnmatch
 import ipaddress
 import os
 
-from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import listen_ports, words
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, listen_ports, words
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import login_possible, password_possible, usable_keys
 
 
@@ -68,6 +68,26 @@ def access_problem(eff, user, groups, address):
     return None
 
 
+# ------------------------------------------------ refusal 4: sessions and commands
+
+def forced_command(eff):
+    """The ForceCommand that applies (sshd -T prints none when there is none)."""
+    command = first(eff, "forcecommand", "none")
+    return None if command.lower() == "none" else command
+
+
+def session_refusal(before, after):
+    """(code, reason) when ``after`` leaves the user no session or only a forced
+    command, where ``before`` did not; else None."""
+    if first(after, "maxsessions") == "0" and (before is None or first(before, "maxsessions") != "0"):
+        return "no_sessions", "MaxSessions 0 allows no shell, command or subsystem session"
+    command = forced_command(after)
+    if command is not None and (before is None or forced_command(before) != command):
+        return "forced_command", (f"ForceCommand {command} would replace every command of the connecting "
+                                  "user, Ansible's included")
+    return None
+
+
 # ------------------------------------------------------------------- the decision
 
 def check_lockout(before, after, user, groups, home, uid, address, port, read_text,
@@ -94,6 +114,10 @@ def check_lockout(before, after, user, groups, home, uid, address, port, read_te
     if problem and (before is None or access_problem(before, user, groups, address) is None):
         raise Refused("user_excluded", "refusing: the new configuration would lock out the connecting user {}: {}{}".format(
             user, problem, "" if address else " (connecting address unknown: set connecting_address)"))
+    # Refusal 4: no session, or a forced command instead of the user's commands.
+    session = session_refusal(before, after)
+    if session:
+        raise Refused(session[0], f"refusing: {session[1]} (user {user})")
     # Refusal 3: ports.
     ports_before = listen_ports(before) if before is not None else set()
     ports_after = listen_ports(after)

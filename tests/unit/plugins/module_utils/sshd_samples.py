@@ -25,6 +25,8 @@ requiredrsasize 1024
 authenticationmethods any
 authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2
 pubkeyacceptedalgorithms ssh-ed25519,ecdsa-sha2-nistp256,rsa-sha2-512,rsa-sha2-256
+maxsessions 10
+forcecommand none
 acceptenv LANG
 acceptenv LC_*
 """

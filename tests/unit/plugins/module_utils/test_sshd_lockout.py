@@ -63,3 +63,28 @@ def test_refuses_a_new_port_the_firewall_blocks_and_asks_only_for_new_ports():
 def test_port_move_second_step_is_allowed_once_connected_on_the_new_port():
     before = eff(listenaddress=["0.0.0.0:22", "0.0.0.0:2222"])
     assert lockout(before, eff(listenaddress=["0.0.0.0:2222"]), port=2222) == ([22, 2222], [2222])
+
+
+# ---------------------------------------------------- refusal 4: sessions, commands
+
+def test_refuses_max_sessions_zero():
+    with pytest.raises(sshd_lockout.Refused) as exc:
+        lockout(eff(), eff(maxsessions="0"))
+    assert exc.value.code == "no_sessions" and "MaxSessions 0" in exc.value.msg
+    assert lockout(eff(), eff(maxsessions="1")) == ([22], [22])
+
+
+@pytest.mark.parametrize("command", ["/usr/bin/false", "internal-sftp", "/bin/echo maintenance"])
+def test_refuses_a_forced_command_for_the_connecting_user(command):
+    # sshd -T -C user=... applies Match blocks, so a ForceCommand inside a Match that
+    # matches the user arrives here like a global one.
+    with pytest.raises(sshd_lockout.Refused) as exc:
+        lockout(eff(), eff(forcecommand=command))
+    assert exc.value.code == "forced_command" and f"ForceCommand {command}" in exc.value.msg
+
+
+def test_forced_command_already_in_place_or_none_is_not_refused():
+    wrapper = eff(forcecommand="/usr/local/bin/audit-wrapper")
+    assert lockout(wrapper, wrapper) == ([22], [22])
+    assert lockout(wrapper, eff()) == ([22], [22])
+    assert lockout(eff(), eff(forcecommand="none")) == ([22], [22])
