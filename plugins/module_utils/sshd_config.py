@@ -15,7 +15,13 @@ import os
 import pwd
 import tempfile
 
-from ansible_collections.torexit.hardening.plugins.module_utils.sshd_connection import find_ssh_connection, parse_ssh_connection, proc_environ, proc_ppid
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_connection import (
+    find_ssh_connection,
+    parse_ssh_connection,
+    proc_environ,
+    proc_ppid,
+    server_address_of,
+)
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import connection_spec, effective_diff, parse_effective
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_firewall import firewall_checker
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_lockout import Refused, check_lockout
@@ -72,9 +78,11 @@ def run(module):
     except KeyError:
         module.fail_json(msg=f"connecting_user: no such user {user!r} on the target")
     groups = sorted({grp.getgrgid(pw.pw_gid).gr_name} | {g.gr_name for g in grp.getgrall() if user in g.gr_mem})
-    addr, port = parse_ssh_connection(find_ssh_connection(os.environ, proc_environ, proc_ppid, os.getpid()))
+    ssh_connection = find_ssh_connection(os.environ, proc_environ, proc_ppid, os.getpid())
+    addr, port = parse_ssh_connection(ssh_connection)
     address = p["connecting_address"] or addr
     port = p["connecting_port"] or port
+    server_address = p["connecting_server_address"] or server_address_of(ssh_connection)
     spec = connection_spec(user, address, port)
 
     tmpdir = tempfile.mkdtemp(prefix="sshd_config.")
@@ -99,10 +107,10 @@ def run(module):
         try:
             ports_before, ports_after = check_lockout(
                 before, after, user, groups, pw.pw_dir, pw.pw_uid, address, port, _read_text,
-                firewall_checker(module))
+                firewall_checker(module), server_address=server_address)
         except Refused as exc:
             module.fail_json(msg=exc.msg, refused=exc.code, connecting_user=user, connecting_port=port,
-                             connecting_address=address)
+                             connecting_address=address, connecting_server_address=server_address)
     finally:
         for name in os.listdir(tmpdir):
             os.unlink(os.path.join(tmpdir, name))
@@ -115,6 +123,7 @@ def run(module):
         "effective_diff": effective_diff(before or {}, after),
         "ports_before": ports_before, "ports_after": ports_after,
         "connecting_user": user, "connecting_port": port, "connecting_address": address,
+        "connecting_server_address": server_address,
     }
     if before is None:
         module.warn(f"the current configuration is rejected by sshd -T ({before_err})")

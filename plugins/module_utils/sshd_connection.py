@@ -13,6 +13,12 @@ def parse_ssh_connection(value):
     return parts[0], int(parts[3])
 
 
+def server_address_of(value):
+    """The server address (third field) of SSH_CONNECTION, or None."""
+    parts = (value or "").split()
+    return parts[2] if len(parts) == 4 else None
+
+
 def find_ssh_connection(environ, read_proc_environ, ppid_of, pid, limit=16):
     """SSH_CONNECTION from our environment or, since sudo's env_reset drops it, from
     the nearest ancestor process that has it (bounded walk up the process tree)."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 
@@ -44,6 +45,30 @@ def listen_ports(eff):
     if not ports:
         ports = {int(p) for p in eff.get("port", []) if p.isdigit()}
     return ports
+
+
+def ip_or_none(text):
+    """The address as an ipaddress object (IPv4-mapped IPv6 as IPv4), or None."""
+    try:
+        addr = ipaddress.ip_address((text or "").strip("[]"))
+    except ValueError:
+        return None
+    return addr.ipv4_mapped if addr.version == 6 and addr.ipv4_mapped else addr
+
+
+def listens_on(eff, address, port):
+    """Whether a ListenAddress of ``eff`` (sshd -T prints each as ADDR:PORT or
+    [ADDR]:PORT, numeric) accepts connections to ``address``:``port``. The wildcards
+    0.0.0.0 and :: cover their own family only (sshd sets IPV6_V6ONLY)."""
+    target = ip_or_none(address)
+    for value in eff.get("listenaddress", []):
+        host, _sep, lport = value.split()[0].rpartition(":")
+        listen = ip_or_none(host)
+        if not lport.isdigit() or int(lport) != port or listen is None or target is None:
+            continue
+        if listen == target or (listen.is_unspecified and listen.version == target.version):
+            return True
+    return False
 
 
 def connection_spec(user=None, address=None, port=None):

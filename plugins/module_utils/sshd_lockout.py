@@ -9,7 +9,7 @@ import fnmatch
 import ipaddress
 import os
 
-from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, listen_ports, words
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, ip_or_none, listen_ports, listens_on, words
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import login_possible, password_possible, usable_keys
 
 
@@ -88,10 +88,41 @@ def session_refusal(before, after):
     return None
 
 
+# ------------------------------------------------ refusal 5: address and family
+
+FAMILIES = {"inet": 4, "inet6": 6}
+
+
+def family_refusal(before, after, address):
+    """Reason when AddressFamily in ``after`` excludes the connection's family."""
+    client = ip_or_none(address)
+    if client is None:
+        return None
+    family = first(after, "addressfamily", "any")
+    if FAMILIES.get(family, client.version) == client.version:
+        return None
+    if before is not None and FAMILIES.get(first(before, "addressfamily", "any"), client.version) != client.version:
+        return None
+    return (f"AddressFamily {family} would stop sshd accepting IPv{client.version} connections, and the "
+            f"current connection comes from {address}")
+
+
+def address_refusal(before, after, server_address, port):
+    """Reason when no ListenAddress of ``after`` accepts the current connection's
+    server address and port any more."""
+    if ip_or_none(server_address) is None or not port:
+        return None
+    if listens_on(after, server_address, port) or (before is not None and not listens_on(before, server_address, port)):
+        return None
+    listen = " ".join(v.split()[0] for v in after.get("listenaddress", []))
+    return (f"ListenAddress {listen} would drop {server_address} port {port}, where the current connection "
+            "arrived; keep that address and port, reconnect on the new one, then drop it")
+
+
 # ------------------------------------------------------------------- the decision
 
 def check_lockout(before, after, user, groups, home, uid, address, port, read_text,
-                  firewall, lstat=os.stat):
+                  firewall, lstat=os.stat, server_address=None):
     """Raise Refused when ``after`` would lock the connecting user out where ``before``
     did not. ``before`` may be None (current configuration unreadable): then only
     ``after`` is judged. ``firewall(port)`` returns None when the port is open, else
@@ -125,6 +156,12 @@ def check_lockout(before, after, user, groups, home, uid, address, port, read_te
         raise Refused("port_dropped", f"refusing: sshd would stop listening on port {port}, the port "
                       "of the current connection; add the new port first, reconnect on it, then "
                       "drop the old one")
+    family = family_refusal(before, after, address)
+    if family:
+        raise Refused("address_family", "refusing: " + family)
+    dropped = address_refusal(before, after, server_address, port)
+    if dropped:
+        raise Refused("address_dropped", "refusing: " + dropped)
     for new in sorted(ports_after - ports_before):
         reason = firewall(new)
         if reason:

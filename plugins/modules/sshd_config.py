@@ -77,6 +77,13 @@ options:
         as for O(connecting_port). When unknown, C(USER@HOST) patterns count against
         the user.
     type: str
+  connecting_server_address:
+    description:
+      - The server address the current connection arrived on; some C(ListenAddress)
+        must keep accepting it on O(connecting_port). Defaults to the third field of
+        E(SSH_CONNECTION), found as for O(connecting_port). When unknown, only the
+        address family of O(connecting_address) is checked.
+    type: str
   sshd_path:
     description: The sshd binary. Defaults to C(sshd) on the PATH or in C(/usr/sbin).
     type: path
@@ -181,6 +188,10 @@ connecting_address:
   description: The client address of the current connection, or null when unknown.
   returned: always
   type: str
+connecting_server_address:
+  description: The server address of the current connection, or null when unknown.
+  returned: always
+  type: str
 refused:
   description: On a refusal, its kind - V(no_usable_key), V(user_excluded),
     V(port_dropped) or V(port_closed).
@@ -206,6 +217,7 @@ def main():
             "connecting_user": {"type": "str"},
             "connecting_port": {"type": "int"},
             "connecting_address": {"type": "str"},
+            "connecting_server_address": {"type": "str"},
             "sshd_path": {"type": "path"},
         },
         supports_check_mode=True,

@@ -65,6 +65,7 @@ HOME = "/home/op"
 KEYS = HOME + "/.ssh/authorized_keys"
 
 
-def lockout(before, after, files=None, groups=("op",), address="198.18.0.5", port=22, firewall=None, user="op"):
+def lockout(before, after, files=None, groups=("op",), address="198.18.0.5", port=22, firewall=None, user="op",
+            **connection):
     return sshd_lockout.check_lockout(before, after, user, list(groups), HOME, 1000, address, port,
-                            reader(files or {}), firewall or (lambda p: None), lstat=safe_stat)
+                                      reader(files or {}), firewall or (lambda p: None), lstat=safe_stat, **connection)

@@ -13,3 +13,9 @@ def test_ssh_connection_from_an_ancestor_when_sudo_dropped_it():
     assert sshd_connection.parse_ssh_connection(value) == ("198.18.0.5", 2222)
     assert sshd_connection.find_ssh_connection({}, lambda pid: {}, lambda pid: pid + 1, 2, limit=5) is None
     assert sshd_connection.parse_ssh_connection(None) == (None, None)
+
+
+def test_server_address_is_the_third_field():
+    assert sshd_connection.server_address_of("2001:db8::5 50000 2001:db8::1 22") == "2001:db8::1"
+    assert sshd_connection.server_address_of("garbage") is None
+    assert sshd_connection.server_address_of(None) is None

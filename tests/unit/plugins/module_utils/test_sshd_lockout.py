@@ -88,3 +88,45 @@ def test_forced_command_already_in_place_or_none_is_not_refused():
     assert lockout(wrapper, wrapper) == ([22], [22])
     assert lockout(wrapper, eff()) == ([22], [22])
     assert lockout(eff(), eff(forcecommand="none")) == ([22], [22])
+
+
+# ---------------------------------------------- refusal 5: listen address and family
+
+@pytest.mark.parametrize("family, listen, address", [
+    ("inet", ["0.0.0.0:22"], "2001:db8::5"),
+    ("inet6", ["[::]:22"], "198.18.0.5"),
+])
+def test_refuses_an_address_family_without_the_connections_family(family, listen, address):
+    with pytest.raises(sshd_lockout.Refused) as exc:
+        lockout(eff(), eff(addressfamily=family, listenaddress=listen), address=address)
+    assert exc.value.code == "address_family" and f"AddressFamily {family}" in exc.value.msg
+    assert address in exc.value.msg
+
+
+def test_address_family_of_the_connection_is_kept():
+    assert lockout(eff(), eff(addressfamily="inet", listenaddress=["0.0.0.0:22"]), address="198.18.0.5") == ([22], [22])
+    assert lockout(eff(), eff(addressfamily="inet6", listenaddress=["[::]:22"]), address="2001:db8::5") == ([22], [22])
+
+
+@pytest.mark.parametrize("listen, server", [
+    (["192.0.2.1:22"], "192.0.2.7"),
+    (["192.0.2.7:2222", "192.0.2.1:22"], "192.0.2.7"),
+    (["[2001:db8::1]:22"], "2001:db8::2"),
+    (["[::]:22"], "192.0.2.7"),
+])
+def test_refuses_a_listen_address_that_drops_the_connected_address(listen, server):
+    with pytest.raises(sshd_lockout.Refused) as exc:
+        lockout(eff(), eff(listenaddress=listen), server_address=server)
+    assert exc.value.code == "address_dropped"
+    assert "ListenAddress " + " ".join(listen) in exc.value.msg and f"{server} port 22" in exc.value.msg
+
+
+@pytest.mark.parametrize("listen, server", [
+    (["192.0.2.7:22"], "192.0.2.7"),
+    (["0.0.0.0:22"], "192.0.2.7"),
+    (["[2001:db8::1]:22", "192.0.2.1:22"], "2001:db8::1"),
+    (["[::]:22"], "2001:db8::1"),
+    (["192.0.2.1:22"], None),
+])
+def test_listen_address_keeping_the_connected_address_is_allowed(listen, server):
+    assert lockout(eff(), eff(listenaddress=listen), server_address=server) == ([22], [22])
