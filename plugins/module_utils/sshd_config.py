@@ -24,6 +24,7 @@ from ansible_collections.torexit.hardening.plugins.module_utils.sshd_connection 
 )
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import connection_spec, effective_diff, parse_effective
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_firewall import firewall_checker
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import password_state
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_lockout import Refused, check_lockout
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_render import (
     DEFAULT_PATH,
@@ -107,7 +108,8 @@ def run(module):
         try:
             ports_before, ports_after = check_lockout(
                 before, after, user, groups, pw.pw_dir, pw.pw_uid, address, port, _read_text,
-                firewall_checker(module), server_address=server_address)
+                firewall_checker(module), server_address=server_address,
+                password_state=password_state(user, _read_text("/etc/shadow"), pw.pw_passwd))
         except Refused as exc:
             module.fail_json(msg=exc.msg, refused=exc.code, connecting_user=user, connecting_port=port,
                              connecting_address=address, connecting_server_address=server_address)

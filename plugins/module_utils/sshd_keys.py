@@ -14,13 +14,46 @@ import struct
 
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, words
 
+CRYPT_RE = re.compile(r"^(\$.+|[./0-9A-Za-z]{13}|_[./0-9A-Za-z]{19})$")
 
-def password_possible(eff, user):
+
+def password_state(user, shadow_text, passwd_field):
+    """The user's password as sshd's password check sees it: ``set`` (a crypt hash),
+    ``empty``, ``locked`` (``!``/``*`` prefixes and every other non-hash), or
+    ``unknown`` (no /etc/shadow entry and ``x`` in passwd). The hash is not kept."""
+    field = None
+    for line in (shadow_text or "").splitlines():
+        name, sep, rest = line.partition(":")
+        if sep and name == user:
+            field = rest.split(":", 1)[0]
+            break
+    if field is None:
+        field = passwd_field if passwd_field not in (None, "x") else None
+    if field is None:
+        return "unknown"
+    if field == "":
+        return "empty"
+    return "set" if CRYPT_RE.match(field) else "locked"
+
+
+def password_problem(eff, user, state="set"):
+    """None when password or keyboard-interactive login is possible for the user, else why not."""
     if user == "root" and first(eff, "permitrootlogin") != "yes":
-        return False
-    if first(eff, "passwordauthentication") == "yes":
-        return True
-    return first(eff, "kbdinteractiveauthentication") == "yes" and first(eff, "usepam") == "yes"
+        return "PermitRootLogin {} allows no password for root".format(first(eff, "permitrootlogin"))
+    if first(eff, "passwordauthentication") != "yes" and not (
+            first(eff, "kbdinteractiveauthentication") == "yes" and first(eff, "usepam") == "yes"):
+        return "password login is off"
+    if state == "set" or (state == "empty" and first(eff, "permitemptypasswords") == "yes"):
+        return None
+    if state == "empty":
+        return f"the password of {user} is empty and PermitEmptyPasswords is no"
+    if state == "locked":
+        return f"the password of {user} is locked in /etc/shadow"
+    return f"the password of {user} is unknown (no /etc/shadow entry)"
+
+
+def password_possible(eff, user, state="set"):
+    return password_problem(eff, user, state) is None
 
 
 def parse_key_line(line):

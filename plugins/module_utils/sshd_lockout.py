@@ -10,7 +10,7 @@ import ipaddress
 import os
 
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, ip_or_none, listen_ports, listens_on, words
-from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import login_possible, password_possible, usable_keys
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import login_possible, password_possible, password_problem, usable_keys
 
 
 class Refused(Exception):
@@ -122,24 +122,29 @@ def address_refusal(before, after, server_address, port):
 # ------------------------------------------------------------------- the decision
 
 def check_lockout(before, after, user, groups, home, uid, address, port, read_text,
-                  firewall, lstat=os.stat, server_address=None):
+                  firewall, lstat=os.stat, server_address=None, password_state="set"):
     """Raise Refused when ``after`` would lock the connecting user out where ``before``
     did not. ``before`` may be None (current configuration unreadable): then only
     ``after`` is judged. ``firewall(port)`` returns None when the port is open, else
     the reason it is not."""
-    # Refusal 1: no way left to log in (passwords off and no usable key).
-    pw_after = password_possible(after, user)
+    # Refusal 1: no way left to log in (no usable password and no usable key).
+    pw_after = password_problem(after, user, password_state)
     keys_after, bad_after = usable_keys(after, user, home, uid, read_text, lstat)
-    if not login_possible(after, pw_after, bool(keys_after)):
+    if not login_possible(after, pw_after is None, bool(keys_after)):
         ok_before = True
         if before is not None:
             keys_before, _problems = usable_keys(before, user, home, uid, read_text, lstat)
-            ok_before = login_possible(before, password_possible(before, user), bool(keys_before))
+            ok_before = login_possible(before, password_possible(before, user, password_state), bool(keys_before))
         if ok_before:
-            raise Refused(
-                "no_usable_key",
-                "refusing: password login would be impossible for {}, who has no usable "
-                "authorized key ({})".format(user, "; ".join(bad_after) or "no authorized_keys file with a key"))
+            why = "; ".join(bad_after) or "no authorized_keys file with a key"
+            if pw_after is None:
+                msg = "refusing: AuthenticationMethods {} needs a key, and {} has no usable authorized key ({})".format(
+                    first(after, "authenticationmethods"), user, why)
+            elif pw_after == "password login is off" or pw_after.startswith("PermitRootLogin"):
+                msg = f"refusing: password login would be impossible for {user}, who has no usable authorized key ({why})"
+            else:
+                msg = f"refusing: {user} could not log in any more: {pw_after}, and there is no usable authorized key ({why})"
+            raise Refused("no_usable_key", msg)
     # Refusal 2: AllowUsers/AllowGroups/DenyUsers/DenyGroups exclude the user.
     problem = access_problem(after, user, groups, address)
     if problem and (before is None or access_problem(before, user, groups, address) is None):

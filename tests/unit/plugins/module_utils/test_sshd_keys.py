@@ -69,6 +69,12 @@ def test_authentication_methods_requiring_both():
         lockout(eff(), after, files={KEYS: ED25519})
 
 
+def test_authentication_methods_needing_a_key_the_user_lacks_name_the_option():
+    after = eff(authenticationmethods="publickey,password")
+    with pytest.raises(sshd_lockout.Refused, match="AuthenticationMethods publickey,password needs a key"):
+        lockout(eff(), after, password_state="set")
+
+
 def test_no_refusal_when_login_was_already_impossible():
     before = eff(passwordauthentication="no")
     assert lockout(before, before) == ([22], [22])
@@ -77,3 +83,45 @@ def test_no_refusal_when_login_was_already_impossible():
 def test_authorized_keys_file_tokens():
     files = sshd_keys.authorized_keys_files(eff(authorizedkeysfile="%h/.ssh/k /etc/keys/%u ~/x"), "op", HOME)
     assert files == [HOME + "/.ssh/k", "/etc/keys/op", os.path.join(HOME, "x")]
+
+
+# ------------------------------------------ password login needs a usable password
+
+@pytest.mark.parametrize("state", ["locked", "empty", "unknown"])
+def test_dropping_the_key_type_is_refused_when_the_password_is_unusable(state):
+    # PasswordAuthentication stays yes, but the user has no password sshd would accept.
+    after = eff(pubkeyacceptedalgorithms="rsa-sha2-512,rsa-sha2-256")
+    with pytest.raises(sshd_lockout.Refused) as exc:
+        lockout(eff(), after, files={KEYS: ED25519 + "\n"}, password_state=state)
+    assert exc.value.code == "no_usable_key"
+    assert "key type ssh-ed25519 not in PubkeyAcceptedAlgorithms" in exc.value.msg
+    assert "password" in exc.value.msg and state in exc.value.msg
+
+
+def test_dropping_the_key_type_is_allowed_with_a_usable_password():
+    after = eff(pubkeyacceptedalgorithms="rsa-sha2-512")
+    assert lockout(eff(), after, files={KEYS: ED25519}, password_state="set") == ([22], [22])
+    assert lockout(eff(), eff(pubkeyacceptedalgorithms="rsa-sha2-512", permitemptypasswords="yes"),
+                   files={KEYS: ED25519}, password_state="empty") == ([22], [22])
+
+
+SHADOW = """root:*:19700:0:99999:7:::
+op:$6$salt$hash:19700:0:99999:7:::
+locked:!$6$salt$hash:19700:0:99999:7:::
+star:*:19700:0:99999:7:::
+bang:!:19700:0:99999:7:::
+empty::19700:0:99999:7:::
+des:abcdefghijklm:19700:0:99999:7:::
+"""
+
+
+@pytest.mark.parametrize("user, state", [("op", "set"), ("locked", "locked"), ("star", "locked"), ("bang", "locked"),
+                                         ("empty", "empty"), ("des", "set"), ("nobody", "unknown")])
+def test_password_state_from_the_shadow_entry(user, state):
+    assert sshd_keys.password_state(user, SHADOW, "x") == state
+
+
+def test_password_state_without_shadow_uses_the_passwd_field():
+    assert sshd_keys.password_state("op", None, "$6$salt$hash") == "set"
+    assert sshd_keys.password_state("op", None, "x") == "unknown"
+    assert sshd_keys.password_state("op", None, "*") == "locked"
