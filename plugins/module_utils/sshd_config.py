@@ -108,7 +108,7 @@ def run(module):
         try:
             ports_before, ports_after = check_lockout(
                 before, after, user, groups, pw.pw_dir, pw.pw_uid, address, port, _read_text,
-                firewall_checker(module), server_address=server_address,
+                firewall_checker(module, address), server_address=server_address,
                 password_state=password_state(user, _read_text("/etc/shadow"), pw.pw_passwd))
         except Refused as exc:
             module.fail_json(msg=exc.msg, refused=exc.code, connecting_user=user, connecting_port=port,

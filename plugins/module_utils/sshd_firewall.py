@@ -5,9 +5,12 @@ iptables), read from their own listings."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
+
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import ip_or_none
 
 
 def _port_in(spec, port):
@@ -54,20 +57,71 @@ def _nft_values(right, sets):
     return [right]
 
 
-def _nft_rule_accepts(expr, port, sets):
-    verdict = any("accept" in e for e in expr)
+def _addr_in(value, addr):
+    """Whether ``addr`` is ``value``: an address, a prefix or a (low, high) range."""
+    try:
+        if isinstance(value, tuple):
+            low, high = ipaddress.ip_address(value[0]), ipaddress.ip_address(value[1])
+            return low.version == addr.version and low <= addr <= high
+        if isinstance(value, dict) and "prefix" in value:
+            prefix = value["prefix"]
+            return addr in ipaddress.ip_network("{}/{}".format(prefix["addr"], prefix["len"]), strict=False)
+        return ipaddress.ip_address(str(value)) == addr
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
+def _name_in(value, name):
+    """nft's interface name match: a trailing unescaped * is a prefix wildcard."""
+    text = str(value)
+    if text.endswith("*") and not text.endswith("\\*"):
+        return name.startswith(text[:-1])
+    return name == text.replace("\\*", "*")
+
+
+def _nft_condition(match, sets, source, interface):
+    """For a source address or input interface match: whether this connection meets
+    it (False when the address or interface is unknown). None for any other match."""
+    left = match.get("left") if isinstance(match.get("left"), dict) else {}
+    payload, meta = left.get("payload") or {}, left.get("meta") or {}
+    if payload.get("field") == "saddr" and payload.get("protocol") in ("ip", "ip6"):
+        if source is None or source.version != (4 if payload["protocol"] == "ip" else 6):
+            return False
+        hit = any(_addr_in(v, source) for v in _nft_values(match.get("right"), sets))
+    elif meta.get("key") in ("iifname", "iif"):
+        if interface is None:
+            return False
+        hit = any(_name_in(v, interface) for v in _nft_values(match.get("right"), sets))
+    else:
+        return None
+    if match.get("op") in ("==", "in"):
+        return hit
+    return not hit if match.get("op") == "!=" else False
+
+
+def _nft_rule_accepts(expr, port, sets, source=None, interface=None):
+    """Whether the rule accepts TCP ``port`` for this connection: an accept verdict,
+    a TCP destination port match naming the port, and every source address and
+    input interface condition met. Other conditions are not evaluated."""
+    if not any(isinstance(e, dict) and "accept" in e for e in expr):
+        return False
+    port_hit = False
     for e in expr:
         match = e.get("match") if isinstance(e, dict) else None
-        if not match or match.get("op") not in ("==", "in"):
+        if not match:
             continue
         payload = match.get("left", {}).get("payload", {}) if isinstance(match.get("left"), dict) else {}
         if payload.get("field") == "dport" and payload.get("protocol") in ("tcp", "th"):
-            for v in _nft_values(match.get("right"), sets):
-                if isinstance(v, tuple) and v[0] <= port <= v[1]:
-                    return verdict
-                if isinstance(v, int) and v == port:
-                    return verdict
-    return False
+            if match.get("op") not in ("==", "in"):
+                continue
+            values = _nft_values(match.get("right"), sets)
+            if not any((isinstance(v, tuple) and v[0] <= port <= v[1]) or (isinstance(v, int) and v == port)
+                       for v in values):
+                return False
+            port_hit = True
+        elif _nft_condition(match, sets, source, interface) is False:
+            return False
+    return port_hit
 
 
 def _nft_unconditional_drop(expr):
@@ -75,14 +129,18 @@ def _nft_unconditional_drop(expr):
     return bool(kinds) and kinds[-1] in ("drop", "reject") and set(kinds[:-1]) <= {"counter", "log"}
 
 
-def nft_open(ruleset, port, skip_ufw=False):
+def nft_open(ruleset, port, skip_ufw=False, source=None, interface=None):
     """Whether every nftables table that filters input lets TCP ``port`` in.
 
     A table closes by default when one of its input base chains has policy drop or
     ends in an unconditional drop/reject; such a table counts as open for the port
     when any of its rules matches that TCP destination port (value, range, anonymous
-    or named set) and accepts. Other conditions of that rule (source address,
-    interface) are not evaluated. Returns (open, names of the tables that block)."""
+    or named set) and accepts, and the rule's source address (``ip``/``ip6 saddr``)
+    and input interface (``iifname``/``iif``) conditions hold for the connection
+    from ``source`` arriving on ``interface``; a rule with such a condition does not
+    count while the address or interface is unknown. Other conditions are not
+    evaluated. Returns (open, names of the tables that block)."""
+    source = ip_or_none(source)
     items = json.loads(ruleset).get("nftables", []) if ruleset.strip() else []
     tables = {}
     for item in items:
@@ -103,7 +161,7 @@ def nft_open(ruleset, port, skip_ufw=False):
         inputs = [c["name"] for c in table["chains"] if c.get("hook") == "input"]
         closed = any(c.get("hook") == "input" and c.get("policy") == "drop" for c in table["chains"]) or any(
             r["chain"] in inputs and _nft_unconditional_drop(r.get("expr", [])) for r in table["rules"])
-        if closed and not any(_nft_rule_accepts(r.get("expr", []), port, table["sets"]) for r in table["rules"]):
+        if closed and not any(_nft_rule_accepts(r.get("expr", []), port, table["sets"], source, interface) for r in table["rules"]):
             blocking.append(f"{family} {name}")
     return not blocking, blocking
 
@@ -140,8 +198,26 @@ def iptables_open(save_text, port, skip_ufw=False):
     return accepted or not closed
 
 
-def firewall_checker(module):
-    """``check(port)``: None when every active firewall lets TCP ``port`` in, else why."""
+def route_interface(module, address):
+    """The interface the kernel routes ``address`` through (lo for the host's own
+    addresses): the interface a connection from there arrives on. None if unknown."""
+    ip = module.get_bin_path("ip", opt_dirs=["/usr/sbin", "/sbin"])
+    if not ip or ip_or_none(address) is None:
+        return None
+    rc, out, _err = module.run_command([ip, "-j", "route", "get", str(ip_or_none(address))])
+    try:
+        routes = json.loads(out) if rc == 0 else []
+    except ValueError:
+        return None
+    return routes[0].get("dev") if routes and isinstance(routes[0], dict) else None
+
+
+def firewall_checker(module, source=None):
+    """``check(port)``: None when every active firewall lets TCP ``port`` in for a
+    connection from ``source`` (the controller's address), else why."""
+    interface = route_interface(module, source) if source else None
+    seen_from = "from {} on {}".format(source or "an unknown address (set connecting_address)", interface or "an unknown interface")
+
     def check(port):
         ufw = module.get_bin_path("ufw")
         ufw_active = False
@@ -156,10 +232,10 @@ def firewall_checker(module):
             rc, out, err = module.run_command([nft, "-j", "list", "ruleset"])
             if rc != 0:
                 return f"cannot read the nftables ruleset: {err.strip()}"
-            is_open, blocking = nft_open(out, port, skip_ufw=ufw_active)
+            is_open, blocking = nft_open(out, port, skip_ufw=ufw_active, source=source, interface=interface)
             if not is_open:
                 return (f"nftables table(s) {', '.join(blocking)} drop input by default "
-                        f"and no rule accepts tcp dport {port}")
+                        f"and no rule accepts tcp dport {port} {seen_from}")
         for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
             path = module.get_bin_path(tool)
             if path:

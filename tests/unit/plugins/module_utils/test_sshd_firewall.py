@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -89,3 +90,73 @@ def test_iptables_legacy_rules():
     assert sshd_firewall.iptables_open(IPT.replace(":INPUT DROP", ":INPUT ACCEPT"), 2400)
     assert not sshd_firewall.iptables_open(IPT.replace(":INPUT DROP", ":INPUT ACCEPT") .replace("COMMIT", "-A INPUT -j DROP\nCOMMIT"),
                                 2400)
+
+
+# `nft -j list ruleset` of golden/sshd/conditions.nft, loaded in a scratch network
+# namespace (unshare -n) with nftables 1.0.6: accept rules with source and interface
+# conditions.
+with open(os.path.join(os.path.dirname(__file__), "golden", "sshd", "conditions.json")) as _f:
+    CONDITIONS = _f.read()
+
+
+@pytest.mark.parametrize("port, source, interface, is_open", [
+    (2222, "192.0.2.9", "eth0", True),      # ip saddr 192.0.2.9
+    (2222, "198.18.0.5", "eth0", False),
+    (2222, None, "eth0", False),            # address unknown: the rule cannot be shown to match
+    (2223, "198.18.0.5", "eth1", True),     # iifname "eth1"
+    (2223, "198.18.0.5", "eth0", False),
+    (2223, "198.18.0.5", None, False),
+    (2224, "198.18.0.5", "lo", True),       # ip saddr 198.18.0.0/15 iif "lo"
+    (2224, "198.18.0.5", "eth0", False),
+    (2224, "192.0.2.9", "lo", False),
+    (2225, "2001:db8::5", "eth0", True),    # ip6 saddr 2001:db8::/32
+    (2225, "198.18.0.5", "eth0", False),
+    (2222, "2001:db8::5", "eth0", False),   # an ip saddr rule never matches IPv6
+    (2226, "198.18.0.5", "eth0", True),     # ip saddr != 192.0.2.9
+    (2226, "192.0.2.9", "eth0", False),
+    (2227, "198.18.0.5", "eth0", True),     # ip saddr @admins
+    (2227, "198.18.0.6", "eth0", False),
+    (2228, "192.0.2.20", "eth0", True),     # ip saddr { 192.0.2.1-192.0.2.20, 198.18.0.0/16 }
+    (2228, "198.18.200.1", "eth0", True),
+    (2228, "192.0.2.21", "eth0", False),
+    (2228, "198.19.0.1", "eth0", False),
+    (2229, "198.18.0.5", "eth3", True),     # iifname { "eth*", "wg0" }
+    (2229, "198.18.0.5", "wg0", True),
+    (2229, "198.18.0.5", "lo", False),
+    (2230, "198.18.0.5", "eth0", True),     # iifname != "eth1"
+    (2230, "198.18.0.5", "eth1", False),
+])
+def test_nft_open_honours_source_and_interface_of_accept_rules(port, source, interface, is_open):
+    result, blocking = sshd_firewall.nft_open(CONDITIONS, port, source=source, interface=interface)
+    assert result is is_open
+    assert blocking == ([] if is_open else ["inet f"])
+
+
+class FakeModule:
+    """get_bin_path/run_command of AnsibleModule: only ip and nft exist."""
+
+    def __init__(self, dev):
+        self.dev, self.commands = dev, []
+
+    def get_bin_path(self, name, opt_dirs=None):
+        return "/usr/sbin/" + name if name in ("ip", "nft") else None
+
+    def run_command(self, cmd):
+        self.commands.append(cmd)
+        if cmd[0].endswith("/ip"):
+            return 0, json.dumps([{"dst": cmd[-1], "dev": self.dev}]), ""
+        return 0, CONDITIONS, ""
+
+
+@pytest.mark.parametrize("dev, reason", [("eth1", None), ("eth0", "tcp dport 2223 from 198.18.0.5 on eth0")])
+def test_firewall_checker_uses_the_interface_the_controller_is_routed_through(dev, reason):
+    module = FakeModule(dev)
+    result = sshd_firewall.firewall_checker(module, "198.18.0.5")(2223)
+    assert module.commands[0] == ["/usr/sbin/ip", "-j", "route", "get", "198.18.0.5"]
+    assert result is None if reason is None else reason in result
+
+
+def test_firewall_checker_without_an_address_names_the_option():
+    module = FakeModule("eth1")
+    result = sshd_firewall.firewall_checker(module, None)(2222)
+    assert "set connecting_address" in result and all(not c[0].endswith("/ip") for c in module.commands)
