@@ -13,6 +13,7 @@ import stat
 import struct
 
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, words
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_match import match_host_and_ip
 
 CRYPT_RE = re.compile(r"^(\$.+|[./0-9A-Za-z]{13}|_[./0-9A-Za-z]{19})$")
 
@@ -85,12 +86,57 @@ def rsa_bits(blob):
     return int.from_bytes(parts[2], "big").bit_length()
 
 
-def key_usable(options, keytype, blob, eff, user):
-    """None when sshd would accept this key for a login shell, else the reason."""
+def key_options(text):
+    """[(name in lower case, value or None)] of an authorized_keys options field:
+    comma-separated, values in double quotes with backslash-escaped quotes."""
+    options, i = [], 0
+    while i < len(text):
+        name = re.match(r"[^=,]*", text[i:]).group(0)
+        i += len(name)
+        value = None
+        if text[i:i + 2] == '="':
+            i, chars = i + 2, []
+            while i < len(text) and text[i] != '"':
+                if text[i] == "\\" and text[i + 1:i + 2] == '"':
+                    i += 1
+                chars.append(text[i])
+                i += 1
+            value = "".join(chars)
+            i += 1
+        options.append((name.strip().lower(), value))
+        i += 1  # the comma
+    return options
+
+
+def from_problem(options, address, usedns="no"):
+    """None when the key's from= options admit the connecting address, else why."""
+    patterns = [v for name, v in key_options(options) if name == "from"]
+    if not patterns:
+        return None
+    if len(patterns) > 1:
+        return "more than one from= option (sshd rejects the line)"
+    shown = f'from="{patterns[0]}"'
+    if address is None:
+        return f"{shown} (connecting address unknown: set connecting_address)"
+    # With UseDNS no (the default) sshd matches the host patterns against the address text.
+    verdict = match_host_and_ip(address, address, patterns[0])
+    if verdict == 1:
+        return None
+    if verdict == -1:
+        return f"{shown} is not a valid pattern list for sshd"
+    hint = " (UseDNS yes: host names are not resolved here)" if usedns == "yes" else ""
+    return f"{shown} does not admit {address}{hint}"
+
+
+def key_usable(options, keytype, blob, eff, user, address=None):
+    """None when sshd would accept this key for a login shell from ``address``, else the reason."""
     if first(eff, "pubkeyauthentication") != "yes":
         return "PubkeyAuthentication is no"
-    if "cert-authority" in options.split(","):
+    if "cert-authority" in [name for name, _value in key_options(options)]:
         return "cert-authority line (certificates are not checked)"
+    restricted = from_problem(options, address, first(eff, "usedns", "no"))
+    if restricted:
+        return restricted
     if user == "root" and first(eff, "permitrootlogin") not in ("yes", "prohibit-password", "without-password"):
         return "PermitRootLogin {}".format(first(eff, "permitrootlogin"))
     accepted = first(eff, "pubkeyacceptedalgorithms").split(",")
@@ -138,7 +184,7 @@ def strict_modes_problem(path, uid, home, lstat=os.stat):
     return None
 
 
-def usable_keys(eff, user, home, uid, read_text, lstat=os.stat):
+def usable_keys(eff, user, home, uid, read_text, lstat=os.stat, address=None):
     """(usable key descriptions, reasons the others are not usable)."""
     good, bad = [], []
     for path in authorized_keys_files(eff, user, home):
@@ -154,7 +200,7 @@ def usable_keys(eff, user, home, uid, read_text, lstat=os.stat):
             parsed = parse_key_line(line)
             if parsed is None:
                 continue
-            reason = key_usable(parsed[0], parsed[1], parsed[2], eff, user)
+            reason = key_usable(parsed[0], parsed[1], parsed[2], eff, user, address)
             if reason:
                 bad.append(f"{path}: {reason}")
             else:

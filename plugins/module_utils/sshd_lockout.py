@@ -5,12 +5,11 @@ out where the current one did not? Plain functions of data, unit tested without 
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
 import os
 
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_effective import first, ip_or_none, listen_ports, listens_on, words
 from ansible_collections.torexit.hardening.plugins.module_utils.sshd_keys import login_possible, password_possible, password_problem, usable_keys
+from ansible_collections.torexit.hardening.plugins.module_utils.sshd_match import match_host_and_ip, match_pattern
 
 
 class Refused(Exception):
@@ -24,30 +23,19 @@ class Refused(Exception):
 
 # -------------------------------------------------- refusal 2: Allow/Deny lists
 
-def _host_matches(pattern, address):
+def user_matches(pattern, user, address):
+    """sshd's match_user: USER or USER@HOST (split at the last @), * and ? wildcards,
+    HOST by match_host_and_ip with the address as host name (UseDNS no). None =
+    undecided (address unknown, or a list sshd rejects): counts against the user."""
+    if "@" not in pattern:
+        return match_pattern(user, pattern)
+    upat, _sep, hpat = pattern.rpartition("@")
+    if not match_pattern(user, upat):
+        return False
     if address is None:
         return None
-    for item in pattern.split(","):
-        negate = item.startswith("!")
-        item = item.lstrip("!")
-        try:
-            hit = ipaddress.ip_address(address) in ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            hit = fnmatch.fnmatchcase(address, item)
-        if hit:
-            return not negate
-    return False
-
-
-def user_matches(pattern, user, address):
-    """sshd's match_user: USER or USER@HOST with * and ? wildcards. None = unknown
-    (a @HOST pattern while the connecting address is unknown)."""
-    if "@" in pattern:
-        upat, hpat = pattern.split("@", 1)
-        if not fnmatch.fnmatchcase(user, upat):
-            return False
-        return _host_matches(hpat, address)
-    return fnmatch.fnmatchcase(user, pattern)
+    verdict = match_host_and_ip(address, address, hpat)
+    return None if verdict == -1 else verdict == 1
 
 
 def access_problem(eff, user, groups, address):
@@ -60,10 +48,10 @@ def access_problem(eff, user, groups, address):
     if allow and not any(user_matches(p, user, address) for p in allow):
         return "AllowUsers {} does not include {}".format(" ".join(allow), user)
     for pattern in words(eff, "denygroups"):
-        if any(fnmatch.fnmatchcase(g, pattern) for g in groups):
+        if any(match_pattern(g, pattern) for g in groups):
             return f"DenyGroups {pattern} matches a group of {user}"
     allow = words(eff, "allowgroups")
-    if allow and not any(fnmatch.fnmatchcase(g, p) for g in groups for p in allow):
+    if allow and not any(match_pattern(g, p) for g in groups for p in allow):
         return "AllowGroups {} includes no group of {} ({})".format(" ".join(allow), user, " ".join(groups))
     return None
 
@@ -129,11 +117,11 @@ def check_lockout(before, after, user, groups, home, uid, address, port, read_te
     the reason it is not."""
     # Refusal 1: no way left to log in (no usable password and no usable key).
     pw_after = password_problem(after, user, password_state)
-    keys_after, bad_after = usable_keys(after, user, home, uid, read_text, lstat)
+    keys_after, bad_after = usable_keys(after, user, home, uid, read_text, lstat, address)
     if not login_possible(after, pw_after is None, bool(keys_after)):
         ok_before = True
         if before is not None:
-            keys_before, _problems = usable_keys(before, user, home, uid, read_text, lstat)
+            keys_before, _problems = usable_keys(before, user, home, uid, read_text, lstat, address)
             ok_before = login_possible(before, password_possible(before, user, password_state), bool(keys_before))
         if ok_before:
             why = "; ".join(bad_after) or "no authorized_keys file with a key"

@@ -125,3 +125,44 @@ def test_password_state_without_shadow_uses_the_passwd_field():
     assert sshd_keys.password_state("op", None, "$6$salt$hash") == "set"
     assert sshd_keys.password_state("op", None, "x") == "unknown"
     assert sshd_keys.password_state("op", None, "*") == "locked"
+
+
+# ------------------------------------------------------ from= restrictions on keys
+
+@pytest.mark.parametrize("pattern, address, usable", [
+    ("198.18.0.0/15", "198.18.0.5", True),
+    ("192.0.2.0/24", "198.18.0.5", False),
+    ("198.18.*", "198.18.0.5", True),               # wildcards on the address text
+    ("198.18.0.?", "198.18.0.5", True),
+    ("198.18.0.?", "198.18.0.50", False),
+    ("192.0.2.*,198.18.0.5", "198.18.0.5", True),
+    ("198.18.0.0/15,!198.18.0.5", "198.18.0.5", False),  # a negated match wins
+    ("!198.18.0.5,198.18.0.0/15", "198.18.0.5", False),
+    ("!192.0.2.1,198.18.0.0/15", "198.18.0.5", True),
+    ("!192.0.2.1", "198.18.0.5", False),            # negations alone admit nobody
+    ("198.18.0.5/15", "198.18.0.5", False),         # host bits set: sshd rejects the list
+    ("2001:db8::/32", "2001:db8::5", True),
+    ("2001:db8::/32", "198.18.0.5", False),
+    ("laptop.example.org", "198.18.0.5", False),
+    ("*", "198.18.0.5", True),
+    ("198.18.0.0/15", None, False),                 # address unknown
+])
+def test_a_from_restricted_key_counts_only_for_a_matching_address(pattern, address, usable):
+    files = {KEYS: f'from="{pattern}",no-agent-forwarding {ED25519}\n'}
+    after = eff(passwordauthentication="no")
+    if usable:
+        assert lockout(eff(), after, files=files, address=address) == ([22], [22])
+    else:
+        with pytest.raises(sshd_lockout.Refused) as exc:
+            lockout(eff(), after, files=files, address=address)
+        assert exc.value.code == "no_usable_key" and f'from="{pattern}"' in exc.value.msg
+
+
+def test_key_options_split_at_commas_outside_quotes():
+    text = 'restrict,FROM="198.18.0.0/15,!198.18.0.9",command="echo \\"a,b\\"",no-pty'
+    assert sshd_keys.key_options(text) == [("restrict", None), ("from", "198.18.0.0/15,!198.18.0.9"),
+                                          ("command", 'echo "a,b"'), ("no-pty", None)]
+
+
+def test_two_from_options_make_the_key_unusable():
+    assert "more than one from=" in sshd_keys.from_problem('from="*",from="*"', "198.18.0.5")

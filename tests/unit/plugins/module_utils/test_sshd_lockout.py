@@ -17,6 +17,10 @@ from ansible_collections.torexit.hardening.plugins.module_utils import sshd_lock
     eff(denyusers="o?"),
     eff(denygroups="op"),
     eff(allowusers="op@10.0.0.0/8"),
+    # sshd: a negated entry that matches wins wherever it stands in the list.
+    eff(allowusers="op@198.18.0.0/15,!198.18.0.5"),
+    eff(allowusers="op@198.18.0.5/15"),  # host bits set: sshd rejects the list
+    eff(allowusers="o[p]"),  # sshd patterns have no character classes
 ])
 def test_refuses_lists_that_exclude_the_user(after):
     with pytest.raises(sshd_lockout.Refused) as exc:
