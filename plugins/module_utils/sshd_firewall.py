@@ -21,24 +21,58 @@ def _port_in(spec, port):
     return False
 
 
-def ufw_open(status_text, port):
-    """None when ufw is inactive; else whether the first ufw rule naming the TCP port
-    allows it (ALLOW or LIMIT). The app profile OpenSSH stands for port 22."""
+def _in_network(source, text):
+    try:
+        return source is not None and source in ipaddress.ip_network(text, strict=False)
+    except (ValueError, TypeError):
+        return False
+
+
+def _ufw_row_applies(to_words, from_col, v6, source, interface):
+    """True/False whether a ufw rule row applies to the connection, None when that
+    cannot be decided (address or interface unknown)."""
+    from_word = from_col.replace("(v6)", "").split()[0] if from_col.strip() else "Anywhere"
+    row_v6 = v6 or ":" in from_word
+    if source is not None and (source.version == 6) != row_v6:
+        return False
+    verdict = True
+    if from_word != "Anywhere":
+        verdict = None if source is None else _in_network(source, from_word)
+    if verdict is not False and "on" in to_words[1:]:
+        name = to_words[to_words.index("on", 1) + 1] if len(to_words) > to_words.index("on", 1) + 1 else ""
+        if interface is None:
+            verdict = None
+        elif name != interface:
+            verdict = False
+    return verdict
+
+
+def ufw_open(status_text, port, source=None, interface=None):
+    """None when ufw is inactive; else whether the first ufw rule that names the TCP
+    port and applies to a connection from ``source`` on ``interface`` (From column,
+    IPv4/IPv6 row, ``on IFACE``) allows it (ALLOW or LIMIT). While the address or
+    interface is unknown, a restricted ALLOW rule does not count and a restricted
+    DENY/REJECT rule does. The app profile OpenSSH stands for port 22."""
     lines = status_text.splitlines()
     if not lines or lines[0].strip().lower() != "status: active":
         return None
+    source = ip_or_none(source)
     for line in lines[1:]:
         cols = re.split(r"\s{2,}", line.strip())
         if len(cols) < 2 or cols[0] == "To" or set(cols[0]) <= set("- "):
             continue
-        to = cols[0].replace("(v6)", "").split()[0]
-        spec, _sep, proto = to.partition("/")
+        to_words = cols[0].replace("(v6)", "").split()
+        spec, _sep, proto = to_words[0].partition("/")
         if proto not in ("", "tcp"):
             continue
         if spec == "OpenSSH":
             spec = "22"
-        if _port_in(spec, port):
-            return cols[1].split()[0] in ("ALLOW", "LIMIT")
+        if not _port_in(spec, port):
+            continue
+        allows = cols[1].split()[0] in ("ALLOW", "LIMIT")
+        applies = _ufw_row_applies(to_words, cols[2] if len(cols) > 2 else "", "(v6)" in line, source, interface)
+        if applies or (applies is None and not allows):
+            return allows
     return False
 
 
@@ -166,11 +200,35 @@ def nft_open(ruleset, port, skip_ufw=False, source=None, interface=None):
     return not blocking, blocking
 
 
-def iptables_open(save_text, port, skip_ufw=False):
+def _iptables_conditions_hold(args, source, interface):
+    """Whether the -s/--source and -i/--in-interface conditions of an iptables-save
+    rule (each possibly negated with a preceding !) hold for the connection; an
+    unknown address or interface never holds. Other conditions are not evaluated."""
+    for i, arg in enumerate(args[:-1]):
+        negated = i > 0 and args[i - 1] == "!"
+        if arg in ("-s", "--source"):
+            if source is None:
+                return False
+            hit = any(_in_network(source, net) for net in args[i + 1].split(","))
+        elif arg in ("-i", "--in-interface"):
+            if interface is None:
+                return False
+            name = args[i + 1]
+            hit = interface.startswith(name[:-1]) if name.endswith("+") else interface == name
+        else:
+            continue
+        if hit == negated:
+            return False
+    return True
+
+
+def iptables_open(save_text, port, skip_ufw=False, source=None, interface=None):
     """Same rule as nft_open for iptables-save output (legacy iptables): the filter
     table closes by default with INPUT policy DROP or an unconditional -j DROP/REJECT
     in INPUT, and is open for the port when an ACCEPT rule names it with --dport or
-    --dports."""
+    --dports and its -s and -i conditions hold for the connection from ``source``
+    arriving on ``interface``."""
+    source = ip_or_none(source)
     closed = accepted = has_ufw = False
     in_filter = False
     for line in save_text.splitlines():
@@ -189,7 +247,7 @@ def iptables_open(save_text, port, skip_ufw=False):
         target = args[args.index("-j") + 1] if "-j" in args else ""
         if args[1] == "INPUT" and target in ("DROP", "REJECT") and len(args) == 4:
             closed = True
-        if target == "ACCEPT" and ("tcp" in args or "6" in args):
+        if target == "ACCEPT" and ("tcp" in args or "6" in args) and _iptables_conditions_hold(args, source, interface):
             for flag in ("--dport", "--dports", "--destination-port", "--destination-ports"):
                 if flag in args and _port_in(args[args.index(flag) + 1], port):
                     accepted = True
@@ -223,10 +281,10 @@ def firewall_checker(module, source=None):
         ufw_active = False
         if ufw:
             rc, out, _err = module.run_command([ufw, "status"])
-            verdict = ufw_open(out, port) if rc == 0 else None
+            verdict = ufw_open(out, port, source, interface) if rc == 0 else None
             ufw_active = verdict is not None
             if verdict is False:
-                return f"ufw has no ALLOW or LIMIT rule for {port}/tcp"
+                return f"ufw has no ALLOW or LIMIT rule for {port}/tcp {seen_from}"
         nft = module.get_bin_path("nft")
         if nft:
             rc, out, err = module.run_command([nft, "-j", "list", "ruleset"])
@@ -236,11 +294,11 @@ def firewall_checker(module, source=None):
             if not is_open:
                 return (f"nftables table(s) {', '.join(blocking)} drop input by default "
                         f"and no rule accepts tcp dport {port} {seen_from}")
-        for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        for tool, version in (("iptables-legacy-save", 4), ("ip6tables-legacy-save", 6)):
             path = module.get_bin_path(tool)
-            if path:
+            if path and (ip_or_none(source) is None or ip_or_none(source).version == version):
                 rc, out, _err = module.run_command([path, "-t", "filter"])
-                if rc == 0 and not iptables_open(out, port, skip_ufw=ufw_active):
-                    return f"{tool}: INPUT drops by default and no ACCEPT rule names port {port}"
+                if rc == 0 and not iptables_open(out, port, skip_ufw=ufw_active, source=source, interface=interface):
+                    return f"{tool}: INPUT drops by default and no ACCEPT rule admits port {port} {seen_from}"
         return None
     return check

@@ -67,7 +67,8 @@ OpenSSH                    ALLOW       Anywhere
 @pytest.mark.parametrize("port, is_open", [(22, True), (2222, True), (3050, True), (4000, False),
                                            (5000, False), (6000, False)])
 def test_ufw_first_matching_rule_decides(port, is_open):
-    assert sshd_firewall.ufw_open(UFW, port) is is_open
+    # 3000:3100 is allowed from 198.18.0.0/15 only: the controller's address decides.
+    assert sshd_firewall.ufw_open(UFW, port, source="198.18.0.5") is is_open
 
 
 def test_ufw_inactive_is_not_consulted():
@@ -160,3 +161,46 @@ def test_firewall_checker_without_an_address_names_the_option():
     module = FakeModule("eth1")
     result = sshd_firewall.firewall_checker(module, None)(2222)
     assert "set connecting_address" in result and all(not c[0].endswith("/ip") for c in module.commands)
+
+
+UFW_CONDITIONS = """Status: active
+
+To                         Action      From
+--                         ------      ----
+2222/tcp                   ALLOW       192.0.2.9
+2223/tcp on eth1           ALLOW       Anywhere
+2224/tcp                   DENY        192.0.2.0/24
+2224/tcp                   ALLOW       Anywhere
+2225/tcp (v6)              ALLOW       Anywhere (v6)
+2226/tcp                   ALLOW       2001:db8::/32
+"""
+
+
+@pytest.mark.parametrize("port, source, interface, is_open", [
+    (2222, "192.0.2.9", "eth0", True), (2222, "198.18.0.5", "eth0", False), (2222, None, "eth0", False),
+    (2223, "198.18.0.5", "eth1", True), (2223, "198.18.0.5", "eth0", False), (2223, "198.18.0.5", None, False),
+    (2224, "198.18.0.5", "eth0", True), (2224, "192.0.2.7", "eth0", False), (2224, None, None, False),
+    (2225, "2001:db8::5", "eth0", True), (2225, "198.18.0.5", "eth0", False),
+    (2226, "2001:db8::5", "eth0", True), (2226, "198.18.0.5", "eth0", False),
+])
+def test_ufw_open_honours_from_column_family_and_interface(port, source, interface, is_open):
+    assert sshd_firewall.ufw_open(UFW_CONDITIONS, port, source=source, interface=interface) is is_open
+
+
+# iptables-legacy-save output of three rules added in a scratch namespace (iptables 1.8.9).
+IPT_CONDITIONS = """*filter
+:INPUT DROP [0:0]
+-A INPUT -s 192.0.2.9/32 -p tcp -m tcp --dport 2222 -j ACCEPT
+-A INPUT ! -s 192.0.2.9/32 -i eth+ -p tcp -m tcp --dport 2223 -j ACCEPT
+-A INPUT ! -i eth1 -p tcp -m multiport --dports 2224 -j ACCEPT
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("port, source, interface, is_open", [
+    (2222, "192.0.2.9", "eth0", True), (2222, "198.18.0.5", "eth0", False), (2222, None, "eth0", False),
+    (2223, "198.18.0.5", "eth3", True), (2223, "192.0.2.9", "eth3", False), (2223, "198.18.0.5", "wg0", False),
+    (2224, "198.18.0.5", "eth0", True), (2224, "198.18.0.5", "eth1", False), (2224, "198.18.0.5", None, False),
+])
+def test_iptables_open_honours_source_and_interface(port, source, interface, is_open):
+    assert sshd_firewall.iptables_open(IPT_CONDITIONS, port, source=source, interface=interface) is is_open
