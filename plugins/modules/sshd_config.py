@@ -20,10 +20,15 @@ description:
   - Before writing, the effective configuration for the connecting user is computed
     with C(sshd -T -C user=...,addr=...,lport=...) for the current and the new files
     (so C(Match) blocks apply), and the module refuses, changing nothing, when the
-    change would 1. make password login impossible while the user has no usable
-    authorized key, 2. exclude the user through C(AllowUsers), C(AllowGroups),
-    C(DenyUsers) or C(DenyGroups), or 3. add a port that the firewall does not let in,
-    or stop listening on the port of the current connection.
+    change would 1. leave the user no way to log in - no usable password (password or
+    keyboard-interactive login off, or the user's C(/etc/shadow) password locked,
+    empty or missing) and no usable authorized key, 2. exclude the user through
+    C(AllowUsers), C(AllowGroups), C(DenyUsers) or C(DenyGroups), 3. add a port that
+    the firewall does not let in for the controller, or stop listening on the port of
+    the current connection, 4. set C(MaxSessions 0) or a new C(ForceCommand) for the
+    user (global or in a C(Match) that matches), 5. set an C(AddressFamily) without the
+    family of the connection, or C(ListenAddress) values that drop the address the
+    current connection arrived on.
   - A refusal fires only on a transition from "can log in" to "cannot". A
     configuration that already excluded the user is not refused again.
   - The module does not reload sshd; reload it when RV(effective_changed) is true.
@@ -72,10 +77,12 @@ options:
     type: int
   connecting_address:
     description:
-      - The client address of the current connection, used for C(Match Address) and
-        C(USER@HOST) patterns. Defaults to the first field of E(SSH_CONNECTION), found
-        as for O(connecting_port). When unknown, C(USER@HOST) patterns count against
-        the user.
+      - The client address of the current connection, used for C(Match Address),
+        C(USER@HOST) patterns, C(from=) options of keys, C(AddressFamily) and firewall
+        rules limited to a source or interface. Defaults to the first field of
+        E(SSH_CONNECTION), found as for O(connecting_port). When unknown, C(USER@HOST)
+        patterns count against the user, keys with C(from=) do not count, and firewall
+        rules limited to a source or interface do not open a port.
     type: str
   connecting_server_address:
     description:
@@ -95,25 +102,33 @@ notes:
   - B(Usable authorized key) means a line in a file of the new C(AuthorizedKeysFile)
     (C(%h), C(%u), C(~) expanded) whose key type is in the new
     C(PubkeyAcceptedAlgorithms), RSA keys at least C(RequiredRSASize) bits, with
-    C(PubkeyAuthentication yes), C(PermitRootLogin) allowing keys for root, and, with
-    C(StrictModes yes), the file and its directories up to the home directory owned by
-    the user or root and not writable by group or others. C(cert-authority) lines,
-    C(AuthorizedKeysCommand) and C(from=) options are not evaluated (the first two do
-    not count, C(from=) is ignored). Password login counts as possible with
-    C(PasswordAuthentication yes), or C(KbdInteractiveAuthentication yes) with
-    C(UsePAM yes); for root only with C(PermitRootLogin yes).
-    C(AuthenticationMethods) lists are honoured.
-  - B(Open in the firewall) is decided per active firewall, and each must agree.
-    ufw (when C(ufw status) says active) - the first rule whose To column names the
-    TCP port (C(2222), C(2222/tcp), lists, ranges, the C(OpenSSH) profile for 22)
-    must be ALLOW or LIMIT. nftables (C(nft -j list ruleset), tables of families ip,
-    ip6, inet; tables with ufw chains are left to the ufw check) - a table whose input
-    base chain has policy drop or ends in an unconditional drop/reject must contain a
-    rule that matches the TCP destination port (value, range, set or named set) and
-    accepts. Legacy iptables (C(iptables-legacy-save), C(ip6tables-legacy-save)) -
-    same rule for INPUT with C(--dport)/C(--dports) ACCEPT rules. Other conditions of
-    an accepting rule (source address, interface) are not evaluated, and no firewall
-    means open.
+    C(PubkeyAuthentication yes), C(PermitRootLogin) allowing keys for root, a
+    C(from=) option (if any) that admits O(connecting_address) by sshd's own rules
+    (C(*) and C(?) wildcards, CIDR, C(!) negation winning; host names are matched
+    against the address text as with C(UseDNS no); unknown address - not usable),
+    and, with C(StrictModes yes), the file and its directories up to the home
+    directory owned by the user or root and not writable by group or others.
+    C(cert-authority) lines and C(AuthorizedKeysCommand) do not count. B(Usable
+    password) - C(PasswordAuthentication yes), or C(KbdInteractiveAuthentication yes)
+    with C(UsePAM yes), and a crypt hash in the user's C(/etc/shadow) entry (an empty
+    one only with C(PermitEmptyPasswords yes)); for root only with
+    C(PermitRootLogin yes). C(AuthenticationMethods) lists are honoured.
+  - B(Open in the firewall) is decided per active firewall, and each must agree, for
+    a connection from O(connecting_address) arriving on the interface the kernel
+    routes that address through (C(ip route get)). ufw (when C(ufw status) says
+    active) - the first rule that names the TCP port (C(2222), C(2222/tcp), lists,
+    ranges, the C(OpenSSH) profile for 22) and applies to the controller (From
+    column, IPv4 or IPv6 row, C(on IFACE)) must be ALLOW or LIMIT. nftables
+    (C(nft -j list ruleset), tables of families ip, ip6, inet; tables with ufw
+    chains are left to the ufw check) - a table whose input base chain has policy
+    drop or ends in an unconditional drop/reject must contain a rule that matches
+    the TCP destination port (value, range, set or named set), whose C(ip saddr),
+    C(ip6 saddr), C(iifname) and C(iif) conditions hold, and that accepts. Legacy
+    iptables (C(iptables-legacy-save) or C(ip6tables-legacy-save), the controller's
+    family) - same rule for INPUT with C(--dport)/C(--dports) ACCEPT rules and their
+    C(-s)/C(-i) conditions. While the address is unknown, rules limited to a source
+    or interface do not count. Other conditions (connection state, rate limits) are
+    not evaluated, and no firewall means open.
   - Runs C(sshd -T), which needs root to read the host keys; use C(become).
 attributes:
   check_mode:
@@ -194,7 +209,8 @@ connecting_server_address:
   type: str
 refused:
   description: On a refusal, its kind - V(no_usable_key), V(user_excluded),
-    V(port_dropped) or V(port_closed).
+    V(port_dropped), V(port_closed), V(no_sessions), V(forced_command),
+    V(address_family) or V(address_dropped).
   returned: failed
   type: str
 """
