@@ -90,7 +90,7 @@ def test_iptables_legacy_rules():
     assert not sshd_firewall.iptables_open(IPT, 2400)
     assert sshd_firewall.iptables_open(IPT.replace(":INPUT DROP", ":INPUT ACCEPT"), 2400)
     assert not sshd_firewall.iptables_open(IPT.replace(":INPUT DROP", ":INPUT ACCEPT") .replace("COMMIT", "-A INPUT -j DROP\nCOMMIT"),
-                                2400)
+                                           2400)
 
 
 # `nft -j list ruleset` of golden/sshd/conditions.nft, loaded in a scratch network

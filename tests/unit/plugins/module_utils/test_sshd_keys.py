@@ -52,7 +52,7 @@ def test_strict_modes_group_writable_home_makes_keys_unusable():
 
     with pytest.raises(sshd_lockout.Refused, match="StrictModes"):
         sshd_lockout.check_lockout(eff(), eff(passwordauthentication="no"), "op", ["op"], HOME, 1000, None, 22,
-                         reader({KEYS: ED25519}), lambda p: None, lstat=loose)
+                                   reader({KEYS: ED25519}), lambda p: None, lstat=loose)
 
 
 def test_root_needs_keys_and_permit_root_login():
@@ -161,7 +161,7 @@ def test_a_from_restricted_key_counts_only_for_a_matching_address(pattern, addre
 def test_key_options_split_at_commas_outside_quotes():
     text = 'restrict,FROM="198.18.0.0/15,!198.18.0.9",command="echo \\"a,b\\"",no-pty'
     assert sshd_keys.key_options(text) == [("restrict", None), ("from", "198.18.0.0/15,!198.18.0.9"),
-                                          ("command", 'echo "a,b"'), ("no-pty", None)]
+                                           ("command", 'echo "a,b"'), ("no-pty", None)]
 
 
 def test_two_from_options_make_the_key_unusable():

@@ -10,7 +10,7 @@ from ansible_collections.torexit.hardening.plugins.module_utils import sshd_rend
 
 def test_render_joins_lists_per_keyword():
     text = sshd_render.render({"Port": [22, 2222], "Ciphers": ["a", "b"], "AllowUsers": ["op", "ops"],
-                      "PasswordAuthentication": False, "X11Forwarding": None}, comment="hi")
+                               "PasswordAuthentication": False, "X11Forwarding": None}, comment="hi")
     assert text.splitlines() == [sshd_render.HEADER, "# hi", "Port 22", "Port 2222", "Ciphers a,b",
                                  "AllowUsers op ops", "PasswordAuthentication no"]
 
