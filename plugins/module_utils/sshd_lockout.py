@@ -138,7 +138,7 @@ def check_lockout(before, after, user, groups, home, uid, address, port, read_te
     if problem and (before is None or access_problem(before, user, groups, address) is None):
         raise Refused("user_excluded", "refusing: the new configuration would lock out the connecting user {}: {}{}".format(
             user, problem, "" if address else " (connecting address unknown: set connecting_address)"))
-    # Refusal 4: no session, or a forced command instead of the user's commands.
+    # Refusal 4 (checked before the ports): no session, or a forced command instead of the user's commands.
     session = session_refusal(before, after)
     if session:
         raise Refused(session[0], f"refusing: {session[1]} (user {user})")
