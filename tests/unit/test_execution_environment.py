@@ -64,8 +64,8 @@ def test_dependency_files_parse():
     # the ssh client's package name on the base image's (rpm) and on Debian-based images
     assert [rule[0] for rule in deps.active_rules(["platform:rpm"])] == ["openssh-clients"]
     assert [rule[0] for rule in deps.active_rules(["platform:dpkg"])] == ["openssh-client"]
-    assert load("meta/execution-environment.yml")["dependencies"] == {"python": "requirements.txt",
-                                                                       "system": "bindep.txt"}
+    meta = load("meta/execution-environment.yml")["dependencies"]
+    assert meta == {"python": "requirements.txt", "system": "bindep.txt"}
 
 
 def test_build_context_installs_the_collection_and_its_dependencies(tmp_path):

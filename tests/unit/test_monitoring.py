@@ -115,8 +115,7 @@ def dashboard():
 def panels(dash):
     for p in dash["panels"]:
         yield p
-        for inner in p.get("panels", []):
-            yield inner
+        yield from p.get("panels", [])
 
 
 def test_dashboard_is_valid_grafana_json():

@@ -403,8 +403,9 @@ def test_main_without_any_guard_writes_up_zero(tmp_path):
     assert metrics.main(["--output", str(out)], fake_run({NFT_SETS: NO_TABLE}), replay_netlink()) == 0
     s = samples(out.read_text())
     assert s[("torexit_guard_up", "")] == 0
-    assert set(name for name, _labels in s) == {"torexit_guard_up", "torexit_guard_last_run_timestamp_seconds",
-                                                 "torexit_guard_exporter_duration_seconds"}
+    names = set(name for name, _labels in s)
+    assert names == {"torexit_guard_up", "torexit_guard_last_run_timestamp_seconds",
+                     "torexit_guard_exporter_duration_seconds"}
 
 
 def test_main_keeps_the_old_file_when_nft_fails_otherwise(tmp_path, capsys):
