@@ -52,6 +52,7 @@ def all_stages(selected_scenarios):
         {"name": "sanity", "cmd": ["bash", "scripts/sanity.sh"]},
         {"name": "docs", "cmd": [os.path.join(VENV_BIN, "python"), "scripts/gen-docs.py", "--check"]},
         {"name": "build", "cmd": ["bash", "scripts/check-build.sh"]},
+        {"name": "alerts", "cmd": ["bash", "scripts/check-alerts.sh"]},
         pytest_stage("unit", "tests/unit"),
         pytest_stage("integration", "tests/integration"),
     ] + molecule_stages(selected_scenarios)

@@ -1,5 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""roles/metrics/files/torexit_guard_metrics.py: parsing nft JSON, rendering, atomic writes."""
+"""roles/metrics/files/torexit_guard_metrics.py: reading all three backends (recorded
+outputs), rendering, atomic writes."""
 
 import importlib.machinery
 import importlib.util
@@ -7,6 +8,8 @@ import json
 import os
 import re
 import stat
+import struct
+import time
 
 import pytest
 
@@ -152,42 +155,285 @@ def test_empty_ban_set_in_a_full_set_reports_ratio_one():
     assert s[("torexit_guard_set_fill_ratio", '{set="seen_v6"}')] == 1
 
 
-def fake_nft(tmp_path, stdout="", stderr="", rc=0):
-    path = tmp_path / "nft"
-    (tmp_path / "out.json").write_text(stdout)
-    path.write_text("#!/bin/sh\ncat %s\nprintf '%%s\\n' '%s' >&2\nexit %d\n"
-                    % (tmp_path / "out.json", stderr, rc))
-    path.chmod(0o755)
-    return str(path)
+# --- recorded outputs of a real guard ----------------------------------------------
+#
+# metrics_fixtures/ holds what the kernel and the tools printed for a guard rendered by
+# the collection's module_utils (profile small, set_size 1024, owner any) and loaded into
+# a network namespace (nftables 1.0.6, iptables-nft 1.8.9, ipset 7.17, Linux 6.18),
+# after 3 new connections to 198.18.9.21-23:80, one refused one to a banned prefix
+# (198.18.7.5:22), bans in ban_hscan_v4_24 and ban_vscan_v6_128 and opt-outs added
+# by hand:
+#   nl-record.json           the netlink requests and the kernel's replies of read_nft()
+#   nft-sets.json            nft -j -t list sets table inet torexit_guard
+#   nft-full.json            nft -j list table inet torexit_guard, right after
+#   ipt-*, ufw-*             iptables-save -c -t filter, ip6tables-save -c -t filter,
+#                            ipset list -t (and the full ipset list), backend iptables/ufw
+#   tor-0.4.9.11-metricsport.txt  tor's MetricsPort of an exit with OfflineMasterKey
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "metrics_fixtures")
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, name)) as f:
+        return f.read()
+
+
+class ReplaySocket:
+    """Answers each netlink request with the kernel's recorded replies for the same
+    request (sequence numbers rewritten to the new request's)."""
+
+    def __init__(self, record):
+        self.record = record
+        self.pending = []
+        self.requests = []
+
+    @staticmethod
+    def _key(data):
+        return data[4:6] + data[16:]    # message type and body; not length-only fields
+
+    def send(self, data):
+        self.requests.append(data)
+        seq = struct.unpack_from("=I", data, 8)[0]
+        for entry in self.record:
+            if self._key(bytes.fromhex(entry["request"])) == self._key(data):
+                break
+        else:
+            raise AssertionError("request not in the recording: %s" % data.hex())
+        for hexed in entry["replies"]:
+            buf = bytearray(bytes.fromhex(hexed))
+            off = 0
+            while off + 16 <= len(buf):
+                length = struct.unpack_from("=I", buf, off)[0]
+                struct.pack_into("=I", buf, off + 8, seq)
+                off += (length + 3) & ~3
+            self.pending.append(bytes(buf))
+        return len(data)
+
+    def recv(self, _size):
+        return self.pending.pop(0)
+
+    def close(self):
+        pass
+
+
+def replay_netlink():
+    record = json.loads(fixture("nl-record.json"))
+    return lambda: metrics.Netlink(ReplaySocket(record))
+
+
+def fake_run(outputs, calls=None):
+    """A run_command() answering from {tuple(argv): (rc, stdout, stderr)}; anything
+    else is a missing program (rc 127)."""
+    def run(args):
+        if calls is not None:
+            calls.append(list(args))
+        return outputs.get(tuple(args), (127, "", "%s: not found" % args[0]))
+    return run
+
+
+def with_(outputs, key, value):
+    out = dict(outputs)
+    out[key] = value
+    return out
+
+
+NFT_SETS = ("nft", "-j", "-t", "list", "sets", "table", "inet", "torexit_guard")
+NFT_FULL = ("nft", "-j", "list", "table", "inet", "torexit_guard")
+SAVE4 = ("iptables-save", "-c", "-t", "filter")
+SAVE6 = ("ip6tables-save", "-c", "-t", "filter")
+IPSET_T = ("ipset", "list", "-t")
+NO_TABLE = (1, "", "Error: No such file or directory\nlist sets table inet torexit_guard\n")
+
+
+def iptables_outputs(prefix):
+    return {SAVE4: (0, fixture(prefix + "-iptables-save.txt"), ""),
+            SAVE6: (0, fixture(prefix + "-ip6tables-save.txt"), ""),
+            IPSET_T: (0, fixture(prefix + "-ipset-list-t.txt"), "")}
+
+
+def test_nftables_netlink_reading_equals_the_full_json_listing():
+    """Counters, digest and every counted set's elements read over netlink are what
+    `nft -j list table` showed for the same kernel state."""
+    calls = []
+    state = metrics.read_nft(fake_run({NFT_SETS: (0, fixture("nft-sets.json"), "")}, calls), replay_netlink())
+    full = metrics.parse(json.loads(fixture("nft-full.json")))
+    assert state["backend"] == "nftables"
+    assert state["digest"] == full["digest"] and re.match(r"^[0-9a-f]{64}$", state["digest"])
+    assert state["counters"] == full["counters"]
+    assert state["counters"]["guarded_new"] == 4 and state["counters"]["blocked_hscan"] == 1
+    bounded = dict((n, v) for n, v in full["sets"].items() if v[1] or n.startswith(("ban_", "optout_")))
+    assert state["sets"] == bounded
+    # the interval set optout_v4 holds a /24 and a host: two, not the kernel's four
+    # start and end elements
+    assert state["sets"]["optout_v4"] == (2, 65536)
+    assert state["sets"]["ban_hscan_v4_24"] == (2, 1024)
+    assert state["sets"]["seen_v4"] == (4, 1024)
+    # only the terse set list is asked of nft: no listing with elements
+    assert calls == [list(NFT_SETS)]
+
+
+def test_nftables_netlink_requests_name_only_the_guard_table():
+    sock = ReplaySocket(json.loads(fixture("nl-record.json")))
+    link = metrics.Netlink(sock)
+    assert link.count_elements("torexit_guard", "ban_vscan_v6_128") == 1
+    assert b"torexit_guard\0" in sock.requests[0]
+    assert b"ban_vscan_v6_128\0" in sock.requests[0]
+    with pytest.raises(FileNotFoundError):
+        link.count_elements("torexit_guard", "no_such_set")
+
+
+def test_nftables_falls_back_to_the_full_listing_without_netlink(capsys):
+    def no_netlink():
+        raise PermissionError(1, "Operation not permitted")
+    run = fake_run({NFT_SETS: (0, fixture("nft-sets.json"), ""), NFT_FULL: (0, fixture("nft-full.json"), "")})
+    state = metrics.read_nft(run, no_netlink)
+    assert state == metrics.parse(json.loads(fixture("nft-full.json")))
+    assert "netlink not usable" in capsys.readouterr().err
+
+
+def test_iptables_backend_from_recorded_outputs():
+    state = metrics.read_state(fake_run(with_(iptables_outputs("ipt"), NFT_SETS, NO_TABLE)), replay_netlink())
+    assert state["backend"] == "iptables"
+    s = samples(metrics.render(state))
+    assert s[("torexit_guard_up", "")] == 1
+    assert s[("torexit_guard_backend_info", '{backend="iptables"}')] == 1
+    assert s[("torexit_guard_new_connections_total", "")] == 4
+    assert s[("torexit_guard_blocked_total", '{detector="hscan"}')] == 1
+    assert s[("torexit_guard_blocked_total", '{detector="deny"}')] == 0
+    assert s[("torexit_guard_detections_total", '{detector="vscan"}')] == 0
+    assert s[("torexit_guard_bans", '{set="ban_hscan_v4_24"}')] == 1
+    assert s[("torexit_guard_bans", '{set="ban_vscan_v6_128"}')] == 1
+    assert s[("torexit_guard_bans", '{set="ban_flood_v4_32"}')] == 0
+    assert s[("torexit_guard_optouts", '{set="optout_v4"}')] == 1
+    assert s[("torexit_guard_set_fill_ratio", '{set="seen_v4"}')] == pytest.approx(3 / 1024, rel=1e-5)
+    assert s[("torexit_guard_set_fill_ratio", '{set="optout_v4"}')] == pytest.approx(1 / 65536, rel=1e-5)
+    # bitmap:port sets have no maxelem: no ratio
+    assert ("torexit_guard_set_fill_ratio", '{set="strict_ports"}') not in s
+    digest = re.search(r"sha256:([0-9a-f]{64})", fixture("ipt-iptables-save.txt")).group(1)
+    assert s[("torexit_guard_policy_info", '{digest="%s"}' % digest)] == 1
+
+
+def test_iptables_reading_agrees_with_egress_guard_info():
+    """Same counters and set counts as guard_iptables.read_state (the module's reader,
+    which lists whole sets) on the same kernel state."""
+    from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables
+
+    outputs = {("iptables-save", "-t", "filter", "-c"): (0, fixture("ipt-iptables-save.txt"), ""),
+               ("ip6tables-save", "-t", "filter", "-c"): (0, fixture("ipt-ip6tables-save.txt"), ""),
+               ("ipset", "list"): (0, fixture("ipt-ipset-list.txt"), "")}
+    info = guard_iptables.read_state(lambda args, data=None: outputs[tuple(args)])
+    state = metrics.read_iptables(fake_run(iptables_outputs("ipt")))
+    assert state["counters"] == dict((n, c["packets"]) for n, c in info["counters"].items())
+    assert state["digest"] == info["digest"]
+    assert state["sets"] == dict((n, (v["elements"], v["size"])) for n, v in info["sets"].items())
+
+
+def test_ufw_backend_is_told_apart_from_iptables():
+    outputs = iptables_outputs("ufw")
+    state = metrics.read_state(fake_run(with_(outputs, NFT_SETS, NO_TABLE)), replay_netlink())
+    assert state["backend"] == "ufw"
+    assert state["counters"]["guarded_new"] == 4 and state["counters"]["blocked_hscan"] == 1
+    assert state["sets"]["ban_hscan_v4_24"] == (1, 1024)
+    # the iptables backend's prefix TOREXIT- does not take ufw's TOREXIT-UFW-* chains
+    assert metrics.our_chains(fixture("ufw-iptables-save.txt"), "TOREXIT-") == []
+    assert "TOREXIT-UFW-GUARD" in metrics.our_chains(fixture("ufw-iptables-save.txt"), "TOREXIT-UFW-")
+
+
+def test_other_rules_with_counter_names_are_not_counted():
+    saved = fixture("ipt-iptables-save.txt").replace(
+        "COMMIT", "[999:1] -A OUTPUT -p tcp -m comment --comment guarded_new\n"
+        "[999:1] -A TOREXIT-INPUT -p tcp -m comment --comment detect_flood\nCOMMIT")
+    counters, _digest = metrics.parse_iptables([saved], "TOREXIT-")
+    assert counters["guarded_new"] == 4 and counters["detect_flood"] == 0
+
+
+def test_nftables_is_read_first_when_both_are_loaded():
+    outputs = with_(iptables_outputs("ipt"), NFT_SETS, (0, fixture("nft-sets.json"), ""))
+    assert metrics.read_state(fake_run(outputs), replay_netlink())["backend"] == "nftables"
+
+
+def test_no_backend_loaded_or_no_tools_is_guard_down():
+    bare = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    run = fake_run({NFT_SETS: NO_TABLE, SAVE4: (0, bare, ""), SAVE6: (0, bare, "")})
+    assert metrics.read_state(run, replay_netlink()) is None
+    assert metrics.read_state(fake_run({}), replay_netlink()) is None     # no nft, no iptables
+
+
+def test_ipset_failure_keeps_the_old_file(tmp_path, capsys):
+    out = tmp_path / "torexit_guard.prom"
+    out.write_text("torexit_guard_up 1\n")
+    outputs = with_(with_(iptables_outputs("ipt"), NFT_SETS, NO_TABLE), IPSET_T, (1, "", "ipset v7.17: Kernel error"))
+    assert metrics.main(["--output", str(out)], fake_run(outputs), replay_netlink()) == 1
+    assert out.read_text() == "torexit_guard_up 1\n"
+    assert "ipset list -t failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables", "ufw"])
+def test_no_destination_reaches_the_file_on_any_backend(backend, tmp_path):
+    outputs = {"nftables": {NFT_SETS: (0, fixture("nft-sets.json"), "")},
+               "iptables": with_(iptables_outputs("ipt"), NFT_SETS, NO_TABLE),
+               "ufw": with_(iptables_outputs("ufw"), NFT_SETS, NO_TABLE)}[backend]
+    out = tmp_path / "torexit_guard.prom"
+    assert metrics.main(["--output", str(out)], fake_run(outputs), replay_netlink()) == 0
+    text = out.read_text()
+    assert 'torexit_guard_backend_info{backend="%s"} 1' % backend in text
+    assert "torexit_guard_up 1" in text.splitlines()
+    assert not re.search(r"\d+\.\d+\.\d+\.\d+|2001:db8|198\.18", text)
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            assert re.match(r'^[a-z_]+(\{[a-z]+="[a-z0-9_]+"\})? [0-9.e+-]+$', line), line
 
 
 def test_main_writes_the_file_atomically_with_mode_0644(tmp_path):
     out = tmp_path / "prom" / "torexit_guard.prom"
     out.parent.mkdir()
     out.write_text("old\n")
-    rc = metrics.main(["--output", str(out), "--nft", fake_nft(tmp_path, json.dumps(REAL))])
-    assert rc == 0
-    assert samples(out.read_text())[("torexit_guard_blocked_total", '{detector="hscan"}')] == 250
+    run = fake_run({NFT_SETS: (0, fixture("nft-sets.json"), "")})
+    assert metrics.main(["--output", str(out)], run, replay_netlink()) == 0
+    s = samples(out.read_text())
+    assert s[("torexit_guard_blocked_total", '{detector="hscan"}')] == 1
+    assert abs(s[("torexit_guard_last_run_timestamp_seconds", "")] - time.time()) < 60
+    assert 0 <= s[("torexit_guard_exporter_duration_seconds", "")] < 60
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert os.listdir(out.parent) == ["torexit_guard.prom"]  # no temporary file left behind
 
 
-def test_main_without_table_writes_up_zero(tmp_path):
+def test_main_without_any_guard_writes_up_zero(tmp_path):
     out = tmp_path / "torexit_guard.prom"
-    nft = fake_nft(tmp_path, "", "Error: No such file or directory", 1)
-    assert metrics.main(["--output", str(out), "--nft", nft]) == 0
-    assert samples(out.read_text()) == {("torexit_guard_up", ""): 0}
+    assert metrics.main(["--output", str(out)], fake_run({NFT_SETS: NO_TABLE}), replay_netlink()) == 0
+    s = samples(out.read_text())
+    assert s[("torexit_guard_up", "")] == 0
+    names = set(name for name, _labels in s)
+    assert names == {"torexit_guard_up", "torexit_guard_last_run_timestamp_seconds",
+                     "torexit_guard_exporter_duration_seconds"}
 
 
 def test_main_keeps_the_old_file_when_nft_fails_otherwise(tmp_path, capsys):
     out = tmp_path / "torexit_guard.prom"
     out.write_text("torexit_guard_up 1\n")
-    nft = fake_nft(tmp_path, "", "Error: Operation not permitted", 1)
-    assert metrics.main(["--output", str(out), "--nft", nft]) == 1
+    run = fake_run({NFT_SETS: (1, "", "Error: Operation not permitted")})
+    assert metrics.main(["--output", str(out)], run, replay_netlink()) == 1
     assert out.read_text() == "torexit_guard_up 1\n"
     assert "Operation not permitted" in capsys.readouterr().err
 
 
 def test_main_refuses_a_file_node_exporter_would_not_read(tmp_path):
     with pytest.raises(SystemExit):
-        metrics.main(["--output", str(tmp_path / "guard.txt"), "--nft", fake_nft(tmp_path, "{}")])
+        metrics.main(["--output", str(tmp_path / "guard.txt")], fake_run({}), replay_netlink())
+
+
+# --- the names the exporter relies on are the collection's ------------------------
+
+def test_names_match_the_guard_backends():
+    from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables, guard_nftables, guard_ufw
+
+    assert list(metrics.COUNTER_NAMES) == [name for name, _comment in guard_nftables.COUNTERS]
+    assert metrics.TABLE == (guard_nftables.FAMILY, guard_nftables.TABLE)
+    assert metrics.CHAINS == guard_iptables.HEAD_CHAINS + guard_iptables.TAIL_CHAINS
+    assert metrics.CHAIN_PREFIXES == {"iptables": guard_iptables.CHAIN_PREFIX, "ufw": guard_ufw.CHAIN_PREFIX}
+    assert metrics.IPSET_PREFIX == guard_iptables.SET_PREFIX
+    assert metrics.DIGEST_TAG == guard_iptables.DIGEST_TAG
+    policy = {"flood": {"ban_time": 300}, "ban_time": 600,
+              "horizontal_scan": {"prefixes_v4": [24, 16], "prefixes_v6": [48, 32]}}
+    for name, _typ, _key, det, _ban in guard_nftables.ban_sets(policy):
+        assert metrics.SET_NAME_RE.match(name) and name.startswith("ban_") and det in metrics.DETECTORS
