@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as common
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_host as host
 from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy import TABLE
 
+NAME = "nftables"
+COMMANDS = ["nft"]
 FAMILY = "inet"
 QUALIFIED = "%s %s" % (FAMILY, TABLE)
 
@@ -25,25 +30,10 @@ VERDICTS = {
     "drop": "drop",
 }
 
-COUNTERS = [
-    ("guarded_new", "new outbound connections of the guarded user"),
-    ("allowed", "of those, to allow-listed addresses or known relays"),
-    ("blocked_deny", "refused: deny list"),
-    ("blocked_optout", "refused: opt-out from the exit notice"),
-    ("blocked_flood", "refused: destination banned for a flood"),
-    ("blocked_hscan", "refused: prefix and port banned for a horizontal scan"),
-    ("blocked_vscan", "refused: host banned for a vertical scan"),
-    ("detect_flood", "flood detections (bans started)"),
-    ("detect_hscan", "horizontal scan detections (bans started)"),
-    ("detect_vscan", "vertical scan detections (bans started)"),
-    ("seen_full", "first contacts not recorded because the seen set was full"),
-]
-
-FAMILIES = (
-    # (suffix, nft address expression, set type, host prefix length)
-    ("v4", "ip daddr", "ipv4_addr", 32),
-    ("v6", "ip6 daddr", "ipv6_addr", 128),
-)
+# nft address expression and set key type per family
+EXPR = {"v4": "ip daddr", "v6": "ip6 daddr"}
+ADDR = {"v4": "ipv4_addr", "v6": "ipv6_addr"}
+FAMILIES = [(f.name, EXPR[f.name], ADDR[f.name], f.host) for f in common.FAMILIES]
 
 
 def _mask(version, length):
@@ -51,33 +41,54 @@ def _mask(version, length):
     return str(net.netmask)
 
 
-def _rate(count, window):
-    """`count` per `window` seconds as an nft rate with an integer numerator."""
-    for unit, seconds in (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400)):
-        if (count * seconds) % window == 0:
-            return "%d/%s" % (count * seconds // window, unit)
-    return "%d/day" % -(-count * 86400 // window)
-
-
 def _limit(count, window):
-    return "limit rate over %s burst %d packets" % (_rate(count, window), count)
+    return "limit rate over %s burst %d packets" % (common.rate(count, window), count)
 
 
 def ban_sets(policy):
-    """Names, key types and key expressions of the ban sets (docs/guard-sets.md)."""
+    """The ban sets of guard_common.ban_sets with their nft key type and key
+    expression: (name, type, key, detector, ban time)."""
     out = []
-    for fam, expr, typ, host in FAMILIES:
-        out.append(("ban_flood_%s_%d" % (fam, host), "%s . inet_service" % typ,
-                    "%s . tcp dport" % expr, "flood", policy["flood"]["ban_time"]))
-        out.append(("ban_vscan_%s_%d" % (fam, host), typ, expr, "vscan", policy["ban_time"]))
-        for length in policy["horizontal_scan"]["prefixes_" + fam]:
-            out.append(("ban_hscan_%s_%d" % (fam, length), "%s . inet_service" % typ,
-                        "%s & %s . tcp dport" % (expr, _mask(fam, length)), "hscan", policy["ban_time"]))
+    for b in common.ban_sets(policy):
+        expr, typ = EXPR[b.family], ADDR[b.family]
+        if b.detector == "hscan":
+            expr = "%s & %s" % (expr, _mask(b.family, b.length))
+        if b.by_port:
+            typ, expr = typ + " . inet_service", expr + " . tcp dport"
+        out.append((b.name, typ, expr, b.detector, b.ban_time))
     return out
 
 
 def _elements(items):
     return " elements = { %s }" % ", ".join(items) if items else ""
+
+
+def _step(p, verdict, step, fam):
+    """The rules of one step of guard_common.DECISION_ORDER (for one family)."""
+    name = step.name
+    if name == "protocol":
+        return ["meta l4proto != tcp return"]
+    if name == "ct_new":
+        return ["ct state != new return"]
+    if name == "owner":
+        return ['meta skuid != "%s" return' % p["owner"]] if p["owner"] != "any" else []
+    if name == "loopback":
+        return ['oifname "lo" return']
+    if name == "guarded":
+        return ["counter name %s" % step.counter]
+    if name == "detect":
+        return ["jump detect"]
+    expr = EXPR[fam.name]
+    if name in ("allow", "relays"):
+        return ["%s @%s_%s counter name %s return" % (expr, name, fam.name, step.counter)]
+    if name == "deny_port":
+        return ["%s . tcp dport @deny_port_%s counter name %s %s" % (expr, fam.name, step.counter, verdict)]
+    if name in ("deny", "optout"):
+        return ["%s @%s_%s counter name %s %s" % (expr, name, fam.name, step.counter, verdict)]
+    if name == "bans":
+        return ["%s @%s counter name blocked_%s %s" % (key, ban, det, verdict)
+                for ban, _typ, key, det, _time in ban_sets(p) if ban.split("_")[2] == fam.name]
+    raise ValueError("no nftables rule for step %r" % name)
 
 
 def render(policy, digest):
@@ -99,7 +110,7 @@ def render(policy, digest):
     add("delete table %s" % QUALIFIED)
     add("table %s {" % QUALIFIED)
     add('\tcounter policy_id { comment "sha256:%s" }' % digest)
-    for name, comment in COUNTERS:
+    for name, comment in common.COUNTERS:
         add('\tcounter %s { comment "%s" }' % (name, comment))
     add("")
     add("\t# Static lists")
@@ -115,8 +126,8 @@ def render(policy, digest):
                   for d in p["deny"] if d["version"] == ver and d["ports"]]
         add("\tset deny_%s { type %s; flags interval;%s }" % (fam, typ, _elements(plain)))
         add("\tset deny_port_%s { type %s . inet_service; flags interval;%s }" % (fam, typ, _elements(ported)))
-        add("\tset relays_%s { type %s; size 65536; }" % (fam, typ))
-        add("\tset optout_%s { type %s; size 65536; flags interval, timeout; }" % (fam, typ))
+        add("\tset relays_%s { type %s; size %d; }" % (fam, typ, common.RELAYS_SIZE))
+        add("\tset optout_%s { type %s; size %d; flags interval, timeout; }" % (fam, typ, common.OPTOUT_SIZE))
     add("")
     add("\t# Detector state: short-lived, bounded, no payload; keys are destinations only")
     for fam, _expr, typ, _host in FAMILIES:
@@ -138,22 +149,7 @@ def render(policy, digest):
     # The chain where every new outbound connection's fate is decided.
     add("\tchain output {")
     add("\t\ttype filter hook output priority filter; policy accept;")
-    add("\t\tmeta l4proto != tcp return")
-    add("\t\tct state != new return")
-    if p["owner"] != "any":
-        add('\t\tmeta skuid != "%s" return' % p["owner"])
-    add('\t\toifname "lo" return')
-    add("\t\tcounter name guarded_new")
-    for fam, expr, _typ, _host in FAMILIES:
-        add("\t\t%s @allow_%s counter name allowed return" % (expr, fam))
-        add("\t\t%s @relays_%s counter name allowed return" % (expr, fam))
-    for fam, expr, _typ, _host in FAMILIES:
-        add("\t\t%s @deny_%s counter name blocked_deny %s" % (expr, fam, verdict))
-        add("\t\t%s . tcp dport @deny_port_%s counter name blocked_deny %s" % (expr, fam, verdict))
-        add("\t\t%s @optout_%s counter name blocked_optout %s" % (expr, fam, verdict))
-    for name, _typ, key, det, _ban in ban_sets(p):
-        add("\t\t%s @%s counter name blocked_%s %s" % (key, name, det, verdict))
-    add("\t\tjump detect")
+    L += ["\t\t" + rule for rule in common.walk(lambda step, fam: _step(p, verdict, step, fam))]
     add("\t}")
     add("")
     add("\tchain detect {")

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""iptables backend of the egress guard: the policy of guard_policy rendered for
-iptables/ip6tables and ipset, with the same detectors as the nftables backend.
+"""What the iptables and ufw backends share: the policy of guard_policy rendered
+for iptables/ip6tables and ipset, with the same detectors as the nftables backend,
+and the reading and changing of those rules and sets. Not a backend itself.
 
 * kernel state lives in ipsets named `torexit_*` (the ban sets keep the names of
   docs/guard-sets.md with that prefix, e.g. `torexit_ban_hscan_v4_24`) and in
@@ -12,22 +13,23 @@ iptables/ip6tables and ipset, with the same detectors as the nftables backend.
   port (`--hashlimit-dstmask`), vertical scans with hashlimit per host, floods
   with connlimit (open connections per address) plus hashlimit (rate per address
   and port); a detection adds the prefix to a ban set with a timeout;
-* rules live in chains of their own (prefix `TOREXIT-`), loaded with
-  `iptables-restore --noflush` in one transaction per family, hooked from OUTPUT
+* rules live in chains of their own (prefix `TOREXIT-`, `TOREXIT-UFW-` for ufw),
+  loaded with `iptables-restore --noflush` in one transaction per family, hooked
   by a single rule; no other chain or rule is touched.
 
 Counters are the packet counters of rules tagged with a comment naming them
-(the names of guard_nftables.COUNTERS); the digest of the policy is the comment
-of the first rule of the entry chain.
+(guard_common.COUNTERS); the digest of the policy is the comment of the first
+rule of the entry chain.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from typing import NamedTuple
 
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as common
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_host
-from ansible_collections.torexit.hardening.plugins.module_utils.guard_nftables import COUNTERS, _rate, ban_sets
 
 CHAIN_PREFIX = "TOREXIT-"
 # The chains of one family after the prefix, in declaration order; HSHIT-<n> (one per
@@ -36,18 +38,21 @@ HEAD_CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")
 TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD")
 SET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
-FAMILIES = (("v4", "inet", 32, "iptables"), ("v6", "inet6", 128, "ip6tables"))
+# ipset family and command prefix per family
+IPSET_FAMILY = {"v4": "inet", "v6": "inet6"}
+COMMAND = {"v4": "iptables", "v6": "ip6tables"}
+FAMILIES = [(f.name, IPSET_FAMILY[f.name], f.host, COMMAND[f.name]) for f in common.FAMILIES]
 REJECT = {
     "tcp-reset": ("-j REJECT --reject-with tcp-reset", "-j REJECT --reject-with tcp-reset"),
     "icmp-admin-prohibited": ("-j REJECT --reject-with icmp-admin-prohibited",
                               "-j REJECT --reject-with icmp6-adm-prohibited"),
     "drop": ("-j DROP", "-j DROP"),
 }
-COUNTER_NAMES = [name for name, _comment in COUNTERS]
+COUNTER_NAMES = common.COUNTER_NAMES
 OPTOUT_TIMEOUT = 86400   # default timeout of opt-out entries added without one
 
 
-class IptablesError(RuntimeError):
+class IptablesError(common.GuardError):
     pass
 
 
@@ -91,22 +96,19 @@ def ipsets(policy):
              "static": True, "elements": ["%s,tcp:%s" % (n, _port_text(d["ports"]))
                                           for d in deny if d["ports"] for n in _split_zero(d["net"])]},
             {"name": SET_PREFIX + "relays_" + fam, "type": "hash:ip", "family": family,
-             "options": [("maxelem", 65536)], "static": False},
+             "options": [("maxelem", common.RELAYS_SIZE)], "static": False},
             {"name": SET_PREFIX + "optout_" + fam, "type": "hash:net", "family": family,
-             "options": [("maxelem", 65536), ("timeout", OPTOUT_TIMEOUT)], "static": False, "keep": True},
+             "options": [("maxelem", common.OPTOUT_SIZE), ("timeout", OPTOUT_TIMEOUT)], "static": False, "keep": True},
             {"name": SET_PREFIX + "seen_" + fam, "type": "hash:ip,port", "family": family,
              "options": [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", p["scan_window"])],
              "static": False},
         ]
-    for name, typ, _key, det, ban_time in ban_sets(p):
-        fam = name.split("_")[2]
-        family = "inet" if fam == "v4" else "inet6"
-        length = int(name.split("_")[3])
-        options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban_time)]
-        if det == "hscan":
-            options.append(("netmask", length))
-        out.append({"name": SET_PREFIX + name, "type": "hash:ip,port" if "inet_service" in typ else "hash:ip",
-                    "family": family, "options": options, "static": False, "keep": True})
+    for ban in common.ban_sets(p):
+        options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban.ban_time)]
+        if ban.detector == "hscan":
+            options.append(("netmask", ban.length))
+        out.append({"name": SET_PREFIX + ban.name, "type": "hash:ip,port" if ban.by_port else "hash:ip",
+                    "family": IPSET_FAMILY[ban.family], "options": options, "static": False, "keep": True})
     return out
 
 
@@ -163,6 +165,38 @@ def _hl(name, rate, burst, mode, size, expire_s, mask=None):
     return " ".join(words)
 
 
+def _counted(name):
+    return '-m comment --comment "%s"' % name
+
+
+def _step(p, fam, verdict, detect, step):
+    """The rules of one step of guard_common.DECISION_ORDER for one family."""
+    name, S = step.name, SET_PREFIX
+    if name == "protocol":
+        return ["! -p tcp -j RETURN"]
+    if name == "ct_new":
+        return ["-p tcp -m conntrack ! --ctstate NEW -j RETURN"]
+    if name == "owner":
+        return ["-p tcp -m owner ! --uid-owner %s -j RETURN" % p["owner"]] if p["owner"] != "any" else []
+    if name == "loopback":
+        return ["-o lo -p tcp -j RETURN"]
+    if name == "guarded":
+        return ["-p tcp %s" % _counted(step.counter)]
+    if name in ("allow", "relays"):
+        return ["-p tcp -m set --match-set %s%s_%s dst %s -j RETURN" % (S, name, fam, _counted(step.counter))]
+    if name == "deny_port":
+        return ["-p tcp -m set --match-set %sdeny_port_%s dst,dst %s %s" % (S, fam, _counted(step.counter), verdict)]
+    if name in ("deny", "optout"):
+        return ["-p tcp -m set --match-set %s%s_%s dst %s %s" % (S, name, fam, _counted(step.counter), verdict)]
+    if name == "bans":
+        return ["-p tcp -m set --match-set %s%s %s %s %s" % (S, b.name, "dst,dst" if b.by_port else "dst",
+                                                             _counted("blocked_" + b.detector), verdict)
+                for b in common.ban_sets(p) if b.family == fam]
+    if name == "detect":
+        return ["-p tcp -j %s" % detect]
+    raise ValueError("no iptables rule for step %r" % name)
+
+
 def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     """The `-A` lines of one family's chains (v4 or v6)."""
     p = policy
@@ -182,28 +216,9 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     def add(chain, text):
         L.append("-A %s %s" % (chain, text))
 
-    def counted(name):
-        return '-m comment --comment "%s"' % name
-
     add(guard, '-m comment --comment "%s%s"' % (DIGEST_TAG, digest))
-    add(guard, "! -p tcp -j RETURN")
-    add(guard, "-p tcp -m conntrack ! --ctstate NEW -j RETURN")
-    if p["owner"] != "any":
-        add(guard, "-p tcp -m owner ! --uid-owner %s -j RETURN" % p["owner"])
-    add(guard, "-o lo -p tcp -j RETURN")
-    add(guard, "-p tcp %s" % counted("guarded_new"))
-    add(guard, "-p tcp -m set --match-set %sallow_%s dst %s -j RETURN" % (S, fam, counted("allowed")))
-    add(guard, "-p tcp -m set --match-set %srelays_%s dst %s -j RETURN" % (S, fam, counted("allowed")))
-    add(guard, "-p tcp -m set --match-set %sdeny_%s dst %s %s" % (S, fam, counted("blocked_deny"), verdict))
-    add(guard, "-p tcp -m set --match-set %sdeny_port_%s dst,dst %s %s"
-        % (S, fam, counted("blocked_deny"), verdict))
-    add(guard, "-p tcp -m set --match-set %soptout_%s dst %s %s" % (S, fam, counted("blocked_optout"), verdict))
-    for name, typ, _key, det, _ban in ban_sets(p):
-        if name.split("_")[2] != fam:
-            continue
-        flags = "dst,dst" if "inet_service" in typ else "dst"
-        add(guard, "-p tcp -m set --match-set %s%s %s %s %s" % (S, name, flags, counted("blocked_" + det), verdict))
-    add(guard, "-p tcp -j %s" % detect)
+    for rule in common.walk(lambda step, _fam: _step(p, fam, verdict, detect, step), families=False):
+        add(guard, rule)
 
     # a first contact of a host and port can be a scan, a repeated one a flood
     flood = prefix + "FLOOD"
@@ -211,7 +226,7 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     add(detect, "-p tcp -j SET --add-set %sseen_%s dst,dst" % (S, fam))
     add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, scan))
     # reached only when the seen set is full: keep counting strict ports and floods
-    add(detect, "-p tcp %s" % counted("seen_full"))
+    add(detect, "-p tcp %s" % _counted("seen_full"))
     add(detect, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, scan))
     add(detect, "-p tcp -g %s" % flood)
     # flood: rate limit only while many connections to the address are open
@@ -221,7 +236,7 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
 
     ports = p["vertical_scan"]["ports"]
     if ports:
-        add(scan, "-p tcp %s -g %s" % (_hl(tag + "vscan_" + fam, _rate(ports, window), ports, "dstip",
+        add(scan, "-p tcp %s -g %s" % (_hl(tag + "vscan_" + fam, common.rate(ports, window), ports, "dstip",
                                            size, window), vshit))
     add(scan, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, hs_strict))
     add(scan, "-p tcp -m set --match-set %sweb_ports dst -g %s" % (S, hs_web))
@@ -230,15 +245,15 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
         for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
             if hosts:
                 add(chain, "-p tcp %s -g %s" % (
-                    _hl("%shs_%s_%s_%d" % (tag, tier, fam, length), _rate(hosts, window), hosts,
+                    _hl("%shs_%s_%s_%d" % (tag, tier, fam, length), common.rate(hosts, window), hosts,
                         "dstip,dstport", size, window, mask=length), hit[length]))
     for length in hs["prefixes_" + fam]:
         add(hit[length], "-p tcp -j SET --add-set %sban_hscan_%s_%d dst,dst" % (S, fam, length))
-        add(hit[length], "-p tcp %s %s" % (counted("detect_hscan"), verdict))
+        add(hit[length], "-p tcp %s %s" % (_counted("detect_hscan"), verdict))
     add(vshit, "-p tcp -j SET --add-set %sban_vscan_%s_%d dst" % (S, fam, host))
-    add(vshit, "-p tcp %s %s" % (counted("detect_vscan"), verdict))
+    add(vshit, "-p tcp %s %s" % (_counted("detect_vscan"), verdict))
     add(flhit, "-p tcp -j SET --add-set %sban_flood_%s_%d dst,dst" % (S, fam, host))
-    add(flhit, "-p tcp %s %s" % (counted("detect_flood"), verdict))
+    add(flhit, "-p tcp %s %s" % (_counted("detect_flood"), verdict))
     return L
 
 
@@ -423,15 +438,23 @@ def restore(run, cmd, text):
     _cmd(run, ["%s-restore" % cmd, "--noflush"], data=text)
 
 
+class Chains(NamedTuple):
+    """The guard's rules as loaded in one family."""
+    digest: str | None      # the digest tag of the entry chain
+    hooked: bool            # the parent chain jumps to the entry chain
+    names: list             # our chains (guard_xtables.our_chains)
+    parent: bool            # the parent chain exists
+
+
 def live_state(run, prefix=CHAIN_PREFIX, parents=None):
-    """{fam: (digest, hooked, chains, parent chain exists)} of the loaded rules;
-    `parents` maps the family to the chain holding the hook (default OUTPUT)."""
+    """{fam: Chains} of the loaded rules; `parents` maps the family to the chain
+    holding the hook (default OUTPUT)."""
     out = {}
     for fam, _family, _host, cmd in FAMILIES:
         parent = (parents or {}).get(fam, "OUTPUT")
         saved = save(run, cmd)
-        out[fam] = (digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
-                    parent == "OUTPUT" or (":%s " % parent) in saved)
+        out[fam] = Chains(digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
+                          parent == "OUTPUT" or (":%s " % parent) in saved)
     return out
 
 
@@ -498,74 +521,13 @@ def _key_text(key):
     return key
 
 
-# --- files and units that survive a reboot ----------------------------------------
+# --- the relay refresh the iptables and ufw backends share ---------------------------
 
-IPSET_FILE = "/etc/torexit/egress-guard.ipset"
-RULES_FILES = {"v4": "/etc/torexit/egress-guard.iptables", "v6": "/etc/torexit/egress-guard.ip6tables"}
-UNIT = "torexit-egress-guard-iptables.service"
 RELAYS_SCRIPT = "/usr/local/libexec/torexit-guard-relays-ipset"
 RELAYS_UNIT = "torexit-guard-relays-ipset.service"
 RELAYS_TIMER = "torexit-guard-relays-ipset.timer"
 UNIT_DIR = "/etc/systemd/system"
-
-# netfilter-persistent (iptables-persistent) restores whole tables; like the
-# nftables unit, ours follows it so our chains are loaded again right after.
-UNIT_TEXT = """\
-# Managed by torexit.hardening.egress_guard (backend iptables)
-[Unit]
-Description=torexit.hardening egress guard (iptables chains TOREXIT-*, ipsets torexit_*)
-After=netfilter-persistent.service
-Before=network-pre.target tor.service
-Wants=network-pre.target
-PartOf=netfilter-persistent.service
-ReloadPropagatedFrom=netfilter-persistent.service
-ConditionPathExists={v4}
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/sbin/ipset -exist restore -file {ipset}
-ExecStart=/usr/sbin/iptables-restore --noflush {v4}
-ExecStart=/usr/sbin/ip6tables-restore --noflush {v6}
-ExecStart=/bin/sh -c 'iptables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || iptables -I OUTPUT 1 -j TOREXIT-GUARD'
-ExecStart=/bin/sh -c 'ip6tables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || ip6tables -I OUTPUT 1 -j TOREXIT-GUARD'
-ExecStartPost=-{relays}
-ExecReload=/usr/sbin/ipset -exist restore -file {ipset}
-ExecReload=/usr/sbin/iptables-restore --noflush {v4}
-ExecReload=/usr/sbin/ip6tables-restore --noflush {v6}
-ExecReload=/bin/sh -c 'iptables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || iptables -I OUTPUT 1 -j TOREXIT-GUARD'
-ExecReload=/bin/sh -c 'ip6tables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || ip6tables -I OUTPUT 1 -j TOREXIT-GUARD'
-ExecStop=-/bin/sh -c 'iptables -D OUTPUT -j TOREXIT-GUARD; ip6tables -D OUTPUT -j TOREXIT-GUARD'
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-# Same consensus parsing as the nftables backend's script, written to ipsets
-# through a temporary set and `swap`.
-RELAYS_SCRIPT_TEXT = """\
-#!/bin/sh
-# Managed by torexit.hardening.egress_guard.
-# Load the addresses of all relays in tor's cached consensus into the guard's
-# ipsets torexit_relays_v4/_v6, replacing their contents atomically.
-set -eu
-files=$(ls {globs} 2>/dev/null || true)
-[ -n "$files" ] || exit 0
-ipset list -n torexit_relays_v4 >/dev/null 2>&1 || exit 0
-{{
-  echo "create torexit_tmp_relays_v4 hash:ip family inet maxelem 65536"
-  echo "create torexit_tmp_relays_v6 hash:ip family inet6 maxelem 65536"
-  echo "flush torexit_tmp_relays_v4"
-  echo "flush torexit_tmp_relays_v6"
-  awk '$1 == "r" {{ for (i = 6; i <= 8; i++) if ($i ~ /^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$/) {{ print $i; break }} }}' $files \\
-    | sort -u | sed 's/^/add torexit_tmp_relays_v4 /'
-  awk '$1 == "a" && $2 ~ /^\\[/ {{ sub(/^\\[/, "", $2); sub(/\\]:[0-9]+$/, "", $2); print "add torexit_tmp_relays_v6 " $2 }}' $files | sort -u
-  echo "swap torexit_tmp_relays_v4 torexit_relays_v4"
-  echo "swap torexit_tmp_relays_v6 torexit_relays_v6"
-  echo "destroy torexit_tmp_relays_v4"
-  echo "destroy torexit_tmp_relays_v6"
-}} | ipset -exist restore
-"""
+RELAY_PATHS = [RELAYS_SCRIPT, UNIT_DIR + "/" + RELAYS_UNIT, UNIT_DIR + "/" + RELAYS_TIMER]
 
 RELAYS_UNIT_TEXT = """\
 # Managed by torexit.hardening.egress_guard
@@ -580,7 +542,7 @@ ExecStart={relays}
 
 
 def relays_script():
-    return RELAYS_SCRIPT_TEXT.format(globs=guard_host.CONSENSUS_GLOBS)
+    return guard_host.relays_script("ipset")
 
 
 def relay_files(after_unit):
@@ -591,19 +553,7 @@ def relay_files(after_unit):
     }
 
 
-def desired_files(policy, digest):
-    """{path: (content, mode)} of everything the iptables backend installs."""
-    files = {
-        IPSET_FILE: (ipset_file(policy), 0o600),
-        RULES_FILES["v4"]: (render(policy, digest, "v4"), 0o600),
-        RULES_FILES["v6"]: (render(policy, digest, "v6"), 0o600),
-        UNIT_DIR + "/" + UNIT: (UNIT_TEXT.format(ipset=IPSET_FILE, v4=RULES_FILES["v4"], v6=RULES_FILES["v6"],
-                                                 relays=RELAYS_SCRIPT), 0o644),
-    }
+def refresh_relays(run, policy):
+    """Fill the relay ipsets now (the timer keeps them fresh)."""
     if policy["relay_allowlist"]:
-        files.update(relay_files(UNIT))
-    return files
-
-
-ALL_PATHS = [IPSET_FILE, RULES_FILES["v4"], RULES_FILES["v6"], UNIT_DIR + "/" + UNIT, RELAYS_SCRIPT,
-             UNIT_DIR + "/" + RELAYS_UNIT, UNIT_DIR + "/" + RELAYS_TIMER]
+        run(["/bin/sh", "-s"], data=relays_script())
