@@ -127,7 +127,8 @@ def walk(render_step, families=True):
             lines += render_step(step, None)
             i += 1
             continue
-        stage = list(itertools.takewhile(lambda s: s.stage == step.stage and s.per_family, DECISION_ORDER[i:]))
+        stage = list(itertools.takewhile(lambda s, first=step: s.stage == first.stage and s.per_family,
+                                         DECISION_ORDER[i:]))
         for fam in FAMILIES:
             for s in stage:
                 lines += render_step(s, fam)

@@ -21,6 +21,7 @@ from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy imp
 
 NAME = "nftables"
 COMMANDS = ["nft"]
+PRESENT_COMMANDS = []
 FAMILY = "inet"
 QUALIFIED = "%s %s" % (FAMILY, TABLE)
 
@@ -173,7 +174,7 @@ def render(policy, digest):
             "limit rate over %d/second burst %d packets } goto flood_hit_%s"
             % (fam, expr, fl["concurrent"], fam, expr, fl["rate"], fl["burst"], fam))
         add("\t}")
-    for fam, expr, _typ, host in FAMILIES:
+    for fam, expr, _typ, host_len in FAMILIES:
         add("")
         add("\tchain scan_%s {" % fam)
         if p["vertical_scan"]["ports"]:
@@ -195,11 +196,11 @@ def render(policy, digest):
             add("\t\tcounter name detect_hscan %s" % verdict)
             add("\t}")
         add("\tchain vscan_hit_%s {" % fam)
-        add("\t\tadd @ban_vscan_%s_%d { %s }" % (fam, host, expr))
+        add("\t\tadd @ban_vscan_%s_%d { %s }" % (fam, host_len, expr))
         add("\t\tcounter name detect_vscan %s" % verdict)
         add("\t}")
         add("\tchain flood_hit_%s {" % fam)
-        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport }" % (fam, host, expr))
+        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport }" % (fam, host_len, expr))
         add("\t\tcounter name detect_flood %s" % verdict)
         add("\t}")
     add("}")
@@ -208,7 +209,7 @@ def render(policy, digest):
 
 # --- reading and changing the kernel ------------------------------------------------
 
-class NftError(RuntimeError):
+class NftError(common.GuardError):
     pass
 
 
@@ -290,7 +291,7 @@ def check(run, text):
     _nft(run, ["-c", "-f", "-"], data=text)
 
 
-def apply(run, text, keep_sets=()):
+def load(run, text, keep_sets=()):
     """Load the ruleset in one transaction, keeping the named sets' elements."""
     extra = carry_over(run, keep_sets) if keep_sets else []
     _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra))
@@ -301,6 +302,59 @@ def delete(run):
         _nft(run, ["delete", "table", FAMILY, TABLE])
         return True
     return False
+
+
+# --- the backend interface ------------------------------------------------------------
+
+def desired(policy, digest, env):
+    text = render(policy, digest)
+    persist = env.persist and env.systemd
+    units = (host.GUARD_UNIT,) + ((host.RELAYS_TIMER,) if policy["relay_allowlist"] else ())
+    return common.Desired(
+        policy=policy, digest=digest, ruleset=text, view=host.RULESET,
+        files=host.desired_files(text, policy["relay_allowlist"]) if persist else {}, edits={},
+        units=units if persist else (), paths=tuple(host.ALL_PATHS) if persist else (), keep=(), rules=text)
+
+
+def live(env, desired):
+    digest = live_digest(env.run)
+    shown = host.read(host.RULESET) if desired.files else None
+    if shown is None:
+        shown = "" if digest is None else "# loaded table, policy sha256:%s\n" % digest
+    return common.Live(loaded=digest == desired.digest, sets=(), shown=shown, extra={}, state=digest)
+
+
+def validate(env, plan):
+    try:
+        check(env.run, plan.desired.rules)
+    except NftError as exc:
+        raise NftError("the rendered ruleset does not load: %s" % exc) from None
+
+
+def apply(env, plan):
+    """Load the table, keeping bans and opt-outs, then fill the relay sets; with
+    persist the unit does both when guard_apply starts it."""
+    d = plan.desired
+    if plan.live.loaded or host.GUARD_UNIT in plan.start:
+        return
+    load(env.run, d.rules, keep_sets=[b[0] for b in ban_sets(d.policy)] + ["optout_v4", "optout_v6"])
+    if d.policy["relay_allowlist"]:
+        if d.files:
+            env.run([host.RELAYS_SCRIPT])
+        else:
+            env.run(["/bin/sh", "-s"], data=host.relays_script())
+
+
+def installed(env):
+    loaded = table_exists(env.run)
+    return common.Installed(
+        loaded=loaded, paths=tuple(p for p in host.ALL_PATHS if host.read(p) is not None), edits={},
+        units=(host.RELAYS_TIMER, host.GUARD_UNIT), dirs=(os.path.dirname(host.NFTABLES_DROPIN),),
+        shown=host.read(host.RULESET) or ("# loaded table\n" if loaded else ""), state=None)
+
+
+def remove(env, installed):
+    delete(env.run)
 
 
 def read_state(run, show_bans=False):

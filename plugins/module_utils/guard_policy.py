@@ -275,6 +275,9 @@ def build_policy(params, user_exists=None):
     if both:
         raise PolicyError("strict_ports and web_ports: port(s) %s are in both" % both)
 
+    if mode == "exitpolicy" and params.get("deny"):
+        raise PolicyError("deny: %r is not used in mode exitpolicy; put static rejects into the "
+                          "tor_exit role's exit policy" % params["deny"])
     allow = [_network("allow[%d]" % i, a) for i, a in enumerate(params.get("allow") or [])]
     deny = [parse_deny("deny[%d]" % i, d) for i, d in enumerate(params.get("deny") or [])]
     for d in deny:

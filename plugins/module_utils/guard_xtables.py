@@ -528,6 +528,11 @@ RELAYS_UNIT = "torexit-guard-relays-ipset.service"
 RELAYS_TIMER = "torexit-guard-relays-ipset.timer"
 UNIT_DIR = "/etc/systemd/system"
 RELAY_PATHS = [RELAYS_SCRIPT, UNIT_DIR + "/" + RELAYS_UNIT, UNIT_DIR + "/" + RELAYS_TIMER]
+# What each of the two backends checks of the other before removing what they share.
+IPTABLES_UNIT = "torexit-egress-guard-iptables.service"
+UFW_UNIT = "torexit-egress-guard-ufw-ipsets.service"
+UFW_BEGIN = "# BEGIN torexit.hardening egress_guard"
+UFW_FILES = {"v4": "/etc/ufw/before.rules", "v6": "/etc/ufw/before6.rules"}
 
 RELAYS_UNIT_TEXT = """\
 # Managed by torexit.hardening.egress_guard
@@ -557,3 +562,14 @@ def refresh_relays(run, policy):
     """Fill the relay ipsets now (the timer keeps them fresh)."""
     if policy["relay_allowlist"]:
         run(["/bin/sh", "-s"], data=relays_script())
+
+
+def other_backend_keep(mine):
+    """The relay refresh files are shared by the iptables and ufw backends: one
+    keeps them while the other one is installed."""
+    other = UFW_UNIT if mine == "iptables" else IPTABLES_UNIT
+    return list(RELAY_PATHS) if guard_host.read(UNIT_DIR + "/" + other) is not None else []
+
+
+def ufw_block_present():
+    return any(UFW_BEGIN in (guard_host.read(path) or "") for path in UFW_FILES.values())

@@ -1,13 +1,15 @@
-"""egress_guard module: the digest kept with the loaded rules covers the rendered
-rules, so rules rendered differently for the same options are loaded into the kernel."""
+"""The apply sequence (guard_apply): the digest kept with the loaded rules covers the
+rendered rules, so rules rendered differently for the same options are loaded into
+the kernel; check mode, diff and `changed` for every backend, and a failing step."""
 import json
 import re
 
 import pytest
 
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_apply as eg
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as gc
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as gn
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
-from ansible_collections.torexit.hardening.plugins.modules import egress_guard as eg
 
 PARAMS = {"mode": "enforce", "owner": "any", "persist": False, "relay_allowlist": False,
           "allow": [], "deny": []}
@@ -59,7 +61,7 @@ class FakeModule:
 def present(kernel, check_mode=False):
     module = FakeModule(kernel, check_mode)
     with pytest.raises(Done) as done:
-        eg.present(module, kernel.run)
+        eg.present(module, gn, gc.Env(run=kernel.run, persist=False, systemd=False, have=lambda c: True))
     assert not done.value.failed, done.value.result["msg"]
     return done.value.result
 
