@@ -2,6 +2,7 @@
 rendered rules, so rules rendered differently for the same options are loaded into
 the kernel; check mode, diff and `changed` for every backend, and a failing step."""
 import json
+import os
 import re
 
 import pytest
@@ -10,6 +11,8 @@ from ansible_collections.torexit.hardening.plugins.module_utils import guard_app
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as gc
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as gn
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_ufw as gu
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables as gx
 
 PARAMS = {"mode": "enforce", "owner": "any", "persist": False, "relay_allowlist": False,
           "allow": [], "deny": []}
@@ -113,3 +116,256 @@ def test_sets_diff_names_sets_and_options_never_elements():
     diff = eg._sets_diff(lines)
     assert diff["after"] == "create torexit_tmp_ban_vscan_v4_32 hash:ip family inet maxelem 65536 timeout 3600\n"
     assert "198.18.7.9" not in diff["after"] + diff["before"]
+
+
+# --- the sequence for every backend, against a fake host -------------------------------
+
+class FakeHost:
+    """Just enough of nft, iptables(-save/-restore), ipset and ufw to apply, read and
+    remove the guard: rules and sets live in dicts; `fail` makes one command fail."""
+
+    READ_ONLY = (["nft", "-c"], ["nft", "-j", "list"], ["iptables-save"], ["ip6tables-save"], ["ipset", "list"],
+                 ["ufw", "status"], ["iptables-restore", "--test"], ["ip6tables-restore", "--test"])
+
+    def __init__(self, ufw_files=None):
+        self.nft_digest = None
+        self.chains = {"iptables": {"OUTPUT": []}, "ip6tables": {"OUTPUT": []}}
+        self.sets = {}
+        self.ufw_files = ufw_files or {}
+        self.calls, self.fail = [], None
+
+    def changing(self):
+        return [c for c in self.calls if not any(c[:len(r)] == r for r in self.READ_ONLY)]
+
+    def run(self, args, data=None, **_kw):
+        self.calls.append(list(args))
+        if self.fail and args[:len(self.fail)] == self.fail:
+            return 1, "", "simulated failure of %s" % " ".join(args)
+        if isinstance(data, bytes):
+            data = data.decode()
+        cmd = args[0]
+        if cmd == "nft":
+            return self.nft(args, data)
+        if cmd.endswith("-save"):
+            return 0, self.save(cmd[:-5]), ""
+        if cmd.endswith("-restore"):
+            if "--test" not in args:
+                self.restore(cmd[:-8], data)
+            return 0, "", ""
+        if cmd == "ipset":
+            return self.ipset(args, data)
+        if cmd == "ufw":
+            if args[1] == "reload":
+                for path, fam in self.ufw_files.items():
+                    with open(path) as f:
+                        text = f.read()
+                    self.chains[fam]["ufw-before-output"] = []
+                    self.restore(fam, text.split("*filter", 1)[1])
+            return 0, "Status: active\n", ""
+        raise AssertionError("unexpected command %r" % (args,))
+
+    def nft(self, args, data):
+        if args[1:3] == ["-c", "-f"]:
+            return 0, "", ""
+        if args[1:3] == ["-f", "-"]:
+            self.nft_digest = re.search(r'counter policy_id \{ comment "sha256:([0-9a-f]+)" \}', data).group(1)
+            return 0, "", ""
+        if args[1:4] == ["-j", "list", "counter"] and self.nft_digest:
+            return 0, json.dumps({"nftables": [{"counter": {"name": "policy_id",
+                                                            "comment": "sha256:" + self.nft_digest}}]}), ""
+        if args[1:4] == ["-j", "list", "tables"]:
+            tables = [{"table": {"name": "torexit_guard"}}] if self.nft_digest else []
+            return 0, json.dumps({"nftables": tables}), ""
+        if args[1:3] == ["delete", "table"]:
+            self.nft_digest = None
+            return 0, "", ""
+        return 1, "", "No such file or directory"
+
+    def save(self, fam):
+        chains = self.chains[fam]
+        lines = ["*filter"] + [":%s %s [0:0]" % (c, "ACCEPT" if c == "OUTPUT" else "-") for c in chains]
+        lines += ["-A %s %s" % (c, r) for c in chains for r in chains[c]]
+        return "\n".join(lines + ["COMMIT", ""])
+
+    def restore(self, fam, text):
+        chains = self.chains[fam]
+        for line in text.splitlines():
+            words = line.split(" ", 2)
+            if line.startswith(":"):
+                chains[line[1:].split()[0]] = []
+            elif words[0] == "-A":
+                chains[words[1]].append(words[2])
+            elif words[0] == "-I":
+                chains[words[1]].insert(0, words[2].split(" ", 1)[1])
+            elif words[0] == "-D":
+                chains[words[1]].remove(words[2])
+            elif words[0] == "-X":
+                del chains[words[1]]
+
+    def ipset(self, args, data):
+        if args[1] == "list":
+            out = []
+            for name, s in self.sets.items():
+                out += ["Name: " + name, "Type: " + s["type"], "Header: " + " ".join(s["header"]), "Members:"]
+                out += ["%s timeout %d" % (k, left) if left else k for k, left in s["members"].items()] + [""]
+            return 0, "\n".join(out), ""
+        if args[1] == "destroy":
+            self.sets.pop(args[2], None)
+            return 0, "", ""
+        for line in data.splitlines():
+            words = [w for w in line.split() if w != "-exist"]
+            if words[0] == "create" and words[1] not in self.sets:
+                self.sets[words[1]] = {"type": words[2], "header": words[3:], "members": {}}
+            elif words[0] == "add":
+                self.sets[words[1]]["members"][words[2]] = int(words[4]) if len(words) > 4 else None
+            elif words[0] == "flush":
+                self.sets[words[1]]["members"] = {}
+            elif words[0] == "swap":
+                self.sets[words[1]], self.sets[words[2]] = self.sets[words[2]], self.sets[words[1]]
+            elif words[0] == "destroy":
+                del self.sets[words[1]]
+        return 0, "", ""
+
+
+class Module(FakeModule):
+    def __init__(self, kernel, params, check_mode=False, diff=False):
+        super().__init__(kernel, check_mode)
+        self.params.update(params)
+        self._diff = diff
+
+    def atomic_move(self, src, dest):
+        os.rename(src, dest)
+
+
+UFW_BEFORE = """*filter
+:ufw-before-output - [0:0]
+-A ufw-before-output -o lo -j ACCEPT
+COMMIT
+"""
+
+BACKEND_NAMES = ["nftables", "iptables", "ufw"]
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A fake host for each backend; ufw's rules files are in tmp_path."""
+    files = {"v4": str(tmp_path / "before.rules"), "v6": str(tmp_path / "before6.rules")}
+    for path in files.values():
+        with open(path, "w") as f:
+            f.write(UFW_BEFORE.replace("ufw-", "ufw6-") if path.endswith("6.rules") else UFW_BEFORE)
+    for fam, path in files.items():
+        monkeypatch.setitem(gu.RULES_FILES, fam, path)
+    fake = FakeHost({files["v4"]: "iptables", files["v6"]: "ip6tables"})
+    fake.chains["iptables"]["ufw-before-output"] = []
+    fake.chains["ip6tables"]["ufw6-before-output"] = []
+    return fake
+
+
+def apply(fake, backend, params=None, check_mode=False, diff=False, state="present"):
+    params = dict(params or {}, backend=backend, state=state, persist=backend == "ufw")
+    module = Module(fake, params, check_mode, diff)
+    env = gc.Env(run=fake.run, persist=params["persist"], systemd=False, have=lambda c: True)
+    fake.calls = []
+    with pytest.raises(Done) as done:
+        (eg.present if state == "present" else eg.absent)(module, eg.BACKENDS[backend], env)
+    return done.value.result, done.value.failed
+
+
+def loaded(fake, backend):
+    """The digest of the rules the fake kernel holds."""
+    if backend == "nftables":
+        return fake.nft_digest
+    prefix = "TOREXIT-UFW-" if backend == "ufw" else "TOREXIT-"
+    return gx.digest_of(fake.save("iptables"), prefix)
+
+
+def ufw_texts(fake):
+    out = {}
+    for path in fake.ufw_files:
+        with open(path) as f:
+            out[path] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_check_mode_runs_no_changing_command(host, backend):
+    files = ufw_texts(host)
+    result, failed = apply(host, backend, check_mode=True, diff=True)
+    assert not failed and result["changed"] is True
+    assert host.changing() == [] and loaded(host, backend) is None and host.sets == {}
+    assert ufw_texts(host) == files
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_changed_exactly_when_something_changed(host, backend):
+    first, failed = apply(host, backend)
+    assert not failed and first["changed"] is True and loaded(host, backend) == first["digest"]
+    again, _failed = apply(host, backend)
+    assert again["changed"] is False and host.changing() == []
+    assert apply(host, backend, check_mode=True)[0]["changed"] is False
+    other, _failed = apply(host, backend, {"vertical_scan": {"ports": 64}})
+    assert other["changed"] is True and other["digest"] != first["digest"] and loaded(host, backend) == other["digest"]
+    assert apply(host, backend, {"vertical_scan": {"ports": 64}})[0]["changed"] is False
+    # rules lost from the kernel (a firewall reload by hand): loaded again
+    if backend == "nftables":
+        host.nft_digest = None
+    else:
+        host.chains["iptables"] = {"OUTPUT": [], "ufw-before-output": []}
+        if backend == "ufw":   # ufw reloads its files: the block comes back with them
+            assert apply(host, backend, {"vertical_scan": {"ports": 64}})[0]["changed"] is True
+            assert loaded(host, backend) == other["digest"]
+            return
+    assert apply(host, backend, {"vertical_scan": {"ports": 64}})[0]["changed"] is True
+    assert loaded(host, backend) == other["digest"]
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_diff_shows_before_and_after(host, backend):
+    result, _failed = apply(host, backend, check_mode=True, diff=True)
+    views = result["diff"] if isinstance(result["diff"], list) else [result["diff"]]
+    rules = views[:2] if backend == "ufw" else views[:1]
+    assert all(v["before"] != v["after"] for v in rules)
+    assert "sha256:" + result["digest"] in "".join(v["after"] for v in rules)
+    if backend != "nftables":    # the sets to be created, by name and options, never elements
+        assert views[-1]["before_header"] == "ipsets" and "create torexit_seen_v4 hash:ip,port" in views[-1]["after"]
+    apply(host, backend)
+    result, _failed = apply(host, backend, diff=True)
+    views = result["diff"] if isinstance(result["diff"], list) else [result["diff"]]
+    assert not result["changed"] and all(v["before"] == v["after"] for v in views)
+
+
+FAILING_LOAD = {"nftables": ["nft", "-f", "-"], "iptables": ["iptables-restore", "--noflush"],
+                "ufw": ["ufw", "reload"]}
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_a_failing_step_is_named_and_leaves_the_old_state(host, backend):
+    old, _failed = apply(host, backend)
+    files = ufw_texts(host)
+    host.fail = FAILING_LOAD[backend]
+    result, failed = apply(host, backend, {"vertical_scan": {"ports": 64}})
+    assert failed and result["msg"].startswith("load step failed: ") and "simulated failure" in result["msg"]
+    assert loaded(host, backend) == old["digest"]
+    assert ufw_texts(host) == files      # ufw's files written before the reload are put back
+    host.fail = None
+    assert apply(host, backend, {"vertical_scan": {"ports": 64}})[0]["changed"] is True
+
+
+def test_a_ruleset_that_does_not_validate_changes_nothing(host):
+    host.fail = ["nft", "-c"]
+    result, failed = apply(host, "nftables")
+    assert failed and result["msg"].startswith("validate step failed: the rendered ruleset does not load")
+    assert host.changing() == [] and host.nft_digest is None
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_absent_removes_what_present_added(host, backend):
+    files = ufw_texts(host)
+    apply(host, backend)
+    assert apply(host, backend, state="absent", check_mode=True)[0]["changed"] is True
+    assert host.changing() == [] and loaded(host, backend)
+    result, failed = apply(host, backend, state="absent")
+    assert not failed and result["changed"] is True
+    assert loaded(host, backend) is None and host.sets == {} and ufw_texts(host) == files
+    assert not [c for fam in host.chains.values() for c in fam if c.startswith("TOREXIT")]
+    assert apply(host, backend, state="absent")[0]["changed"] is False
