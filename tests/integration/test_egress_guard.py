@@ -151,3 +151,22 @@ def test_known_relays_are_never_limited(lab, tmp_path):
     assert result["ok"] == 40, result
     stranger = probe(lab, [["198.19.9.%d" % i, 9001] for i in range(1, 21)])
     assert stranger["refused"] > 0, stranger
+
+
+def test_a_malformed_consensus_line_does_not_stop_the_relay_refresh(lab, tmp_path):
+    """One bad address in the consensus is skipped; the others reach the kernel."""
+    import sys
+    sys.path.insert(0, __import__("conftest").TOP + "/.cache/collections")
+    from ansible_collections.torexit.hardening.plugins.module_utils.guard_host import relays_script
+
+    ansible_module(lab.relay, GUARD, BASE)
+    consensus = tmp_path / "cached-microdesc-consensus"
+    consensus.write_text("r a AAAA 2026-11-23 12:00:00 198.18.1.1 9001 0\n"
+                         "r b AAAA 2026-11-23 12:00:00 198.18.999.1 9001 0\n"
+                         "a [2001:db8:1::9]:9001\na [2001:db8:1::zz]:9001\n")
+    script = tmp_path / "relays.sh"
+    script.write_text(relays_script())
+    proc = lab.ns(lab.relay, "sh", str(script), str(consensus))
+    assert "2 malformed entries skipped" in proc.stderr
+    assert "198.18.1.1" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v4").stdout
+    assert "2001:db8:1::9" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v6").stdout
