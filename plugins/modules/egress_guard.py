@@ -98,7 +98,7 @@ options:
     choices: [small, medium, large, xlarge]
   bandwidth_mbit:
     description:
-      - The relay's bandwidth in Mbit/s; picks O(profile). Give one of the two.
+      - The relay's bandwidth in Mbit/s (1-1000000); picks O(profile). Give one of the two.
     type: int
   reject_with:
     description: How refused connections end.
@@ -139,34 +139,37 @@ options:
     type: list
     elements: int
   scan_window:
-    description: Seconds over which distinct hosts or ports are counted (profile default 600).
+    description: Seconds over which distinct hosts or ports are counted (profile default 600; 1-86400).
     type: int
   ban_time:
-    description: Seconds a scan ban lasts (profile default 600).
+    description: Seconds a scan ban lasts (profile default 600; 1-2147483, the longest ipset timeout).
     type: int
   set_size:
-    description: Maximum elements of each kernel set (profile default 262144 for C(medium)).
+    description:
+      - Maximum elements of each kernel set (profile default 262144 for C(medium)).
+      - 1024-16777216; a smaller set fills within minutes and detection stops.
     type: int
   flood:
     description: Flood of one destination. Unset values come from the profile.
     type: dict
     suboptions:
       concurrent:
-        description: Open connections to one address above which new ones are rate limited (medium 24).
+        description: Open connections to one address above which new ones are rate limited (medium 24; 1-65535).
         type: int
       rate:
-        description: New connections per second to one address and port allowed above that (medium 25).
+        description: New connections per second to one address and port allowed above that (medium 25; 1-100000).
         type: int
       burst:
-        description: Burst above the rate; at least O(flood.rate) (medium 50).
+        description: Burst above the rate; at least O(flood.rate) (medium 50; at most 1000000).
         type: int
       ban_time:
-        description: Seconds the address and port stay banned (300).
+        description: Seconds the address and port stay banned (300; 1-2147483).
         type: int
   horizontal_scan:
     description:
       - Distinct hosts of one prefix contacted on one port within O(scan_window).
-        Each threshold list has one value per prefix level; 0 disables a level.
+        Each threshold list has one value per prefix level; 0 disables a level,
+        1000000 is the largest threshold.
     type: dict
     suboptions:
       prefixes_v4:
@@ -194,7 +197,7 @@ options:
     type: dict
     suboptions:
       ports:
-        description: Threshold (default 48); 0 disables the detector.
+        description: Threshold (default 48; 0-65535); 0 disables the detector.
         type: int
   persist:
     description:

@@ -170,3 +170,17 @@ def test_a_malformed_consensus_line_does_not_stop_the_relay_refresh(lab, tmp_pat
     assert "2 malformed entries skipped" in proc.stderr
     assert "198.18.1.1" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v4").stdout
     assert "2001:db8:1::9" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v6").stdout
+
+
+LARGEST = {"scan_window": 86400, "ban_time": 2147483, "set_size": 16777216,
+           "flood": {"concurrent": 65535, "rate": 100000, "burst": 1000000, "ban_time": 2147483},
+           "horizontal_scan": {"hosts_strict": [1000000, 1000000], "hosts_default": [1000000, 1000000],
+                               "hosts_web": [1000000, 1000000]},
+           "vertical_scan": {"ports": 65535}}
+
+
+def test_the_largest_accepted_values_load_and_larger_ones_are_refused_by_name(lab):
+    result = ansible_module(lab.relay, GUARD, dict(BASE, **LARGEST))
+    assert result["changed"] is True and not result.get("failed"), result
+    refused = ansible_module(lab.relay, GUARD, dict(BASE, ban_time=2000000000))
+    assert refused.get("failed") is True and refused["msg"].startswith("ban_time: 2000000000 is out of range"), refused
