@@ -178,7 +178,7 @@ def present(module, backend, env):
         plan = _step("plan", make_plan, env, desired, live)
         validated = not live.sets          # validating needs no change first
         if validated:
-            _step("validate", backend.validate, env, plan)
+            result.update(_step("validate", backend.validate, env, plan) or {})
         edited = _changed_edits(plan.edited)
         changed = bool(not live.loaded or live.sets or edited or plan.write or plan.remove or plan.enable)
         result.update(changed=changed, files=edited + list(plan.write) + list(plan.remove))
@@ -187,12 +187,15 @@ def present(module, backend, env):
         if module.check_mode or not changed:
             module.exit_json(**result)
         if not validated:
-            _step("validate", backend.validate, env, plan)
+            result.update(_step("validate", backend.validate, env, plan) or {})
         _step("files", _write_files, module, env, plan, undo)
         _step("units", _enable_units, env, plan, undo)
-        _step("load", backend.apply, env, plan)
+        result.update(_step("load", backend.apply, env, plan) or {})
         _step("units", _start_units, env, plan)
         _step("verify", _verify, backend, env, desired)
+        if result.get("bans_dropped"):
+            module.warn("set_size %d is below the number of active bans: %d bans with the least time "
+                        "left were dropped" % (policy["set_size"], result["bans_dropped"]))
     except StepFailed as exc:
         _undo(module, env, undo)
         module.fail_json(msg=str(exc), **result)

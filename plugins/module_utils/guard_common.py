@@ -11,6 +11,7 @@ other backend.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import NamedTuple
 
 # --- where a new outbound connection's fate is decided -------------------------------
@@ -134,6 +135,29 @@ def walk(render_step, families=True):
                 lines += render_step(s, fam)
         i += len(stage)
     return lines
+
+
+_ADDRESS = re.compile(r"(?<![\w:.])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7})"
+                      r"(?:/\d{1,3})?(?![\w:.])")
+
+
+def scrub(text):
+    """An error text of a command that was fed set elements (bans, opt-outs: destinations
+    of relayed traffic), fit for the controller's output: the lines nft echoes from
+    its input are dropped and every address is replaced."""
+    lines = [line for line in text.splitlines()
+             if "Error" in line or "error" in line or not line.strip() or not line.startswith((" ", "\t", "add "))]
+    lines = [line for line in lines if line.strip().strip("^~ ")]
+    return _ADDRESS.sub("ADDRESS", "\n".join(lines)).strip()
+
+
+def keep_longest(entries, size):
+    """Of [(key, seconds left)] the `size` entries with the most time left, and how
+    many were dropped (a set_size below the number of active bans)."""
+    if len(entries) <= size:
+        return list(entries), 0
+    kept = sorted(entries, key=lambda e: -(e[1] or 0))[:size]
+    return kept, len(entries) - size
 
 
 # --- what the apply sequence (guard_apply) and the backends hand each other ----------

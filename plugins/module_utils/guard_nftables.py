@@ -272,18 +272,21 @@ def set_elements(nftset):
     return out
 
 
-def carry_over(run, names):
+def carry_over(run, sizes):
     """`add element` lines that re-create current bans and opt-outs with the time
-    they have left, so changing thresholds does not lift them."""
-    lines = []
-    for name in names:
+    they have left, so changing thresholds does not lift them, and how many did not
+    fit: `sizes` maps each set to its new size; the bans with the most time left stay."""
+    lines, dropped = [], 0
+    for name, size in sizes.items():
         nftset = list_set(run, name)
         if not nftset:
             continue
-        elems = ["%s timeout %ds" % (key, left) for key, left in set_elements(nftset) if left]
-        if elems:
-            lines.append("add element %s %s { %s }" % (QUALIFIED, name, ", ".join(elems)))
-    return lines
+        kept, lost = common.keep_longest([(key, left) for key, left in set_elements(nftset) if left], size)
+        dropped += lost
+        if kept:
+            lines.append("add element %s %s { %s }" % (QUALIFIED, name,
+                                                       ", ".join("%s timeout %ds" % e for e in kept)))
+    return lines, dropped
 
 
 def check(run, text):
@@ -291,10 +294,17 @@ def check(run, text):
     _nft(run, ["-c", "-f", "-"], data=text)
 
 
-def load(run, text, keep_sets=()):
-    """Load the ruleset in one transaction, keeping the named sets' elements."""
-    extra = carry_over(run, keep_sets) if keep_sets else []
-    _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra))
+def load(run, text, keep_sets=None):
+    """Load the ruleset in one transaction, keeping the elements of the sets in
+    `keep_sets` ({name: new size}); returns how many did not fit. An error never
+    echoes the carried elements (destinations), it counts them."""
+    extra, dropped = carry_over(run, keep_sets) if keep_sets else ([], 0)
+    rc, out, err = _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra), check=False)
+    if rc != 0:
+        carried = sum(line.count(" timeout ") for line in extra)
+        raise NftError("nft -f - failed while carrying over %d bans and opt-outs: %s"
+                       % (carried, common.scrub(err or out)))
+    return dropped
 
 
 def delete(run):
@@ -337,12 +347,15 @@ def apply(env, plan):
     d = plan.desired
     if plan.live.loaded or host.GUARD_UNIT in plan.start:
         return
-    load(env.run, d.rules, keep_sets=[b[0] for b in ban_sets(d.policy)] + ["optout_v4", "optout_v6"])
+    sizes = dict((b.name, d.policy["set_size"]) for b in common.ban_sets(d.policy))
+    sizes.update(optout_v4=common.OPTOUT_SIZE, optout_v6=common.OPTOUT_SIZE)
+    dropped = load(env.run, d.rules, keep_sets=sizes)
     if d.policy["relay_allowlist"]:
         if d.files:
             env.run([host.RELAYS_SCRIPT])
         else:
             env.run(["/bin/sh", "-s"], data=host.relays_script())
+    return {"bans_dropped": dropped} if dropped else None
 
 
 def installed(env):

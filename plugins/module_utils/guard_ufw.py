@@ -205,13 +205,14 @@ def _load_text(plan, fam):
 def validate(env, plan):
     """Create or update the sets the rules name, then test ufw's new files (or,
     without persist, what goes into the running chains) without loading them."""
-    xt.apply_sets(env.run, plan.desired.policy)
+    dropped = xt.apply_sets(env.run, plan.desired.policy)
     for fam, _family, _host, cmd in xt.FAMILIES:
         if env.persist:
             _old, new = plan.edited[RULES_FILES[fam]]
             validate_file(env.run, fam, new)
         else:
             xt.check(env.run, cmd, _load_text(plan, fam))
+    return {"bans_dropped": dropped} if dropped else None
 
 
 def apply(env, plan):

@@ -360,12 +360,13 @@ def sets_ok(policy, live):
     return all(set_matches(spec, live.get(spec["name"])) for spec in ipsets(policy))
 
 
-def ipset_script(policy, live):
+def ipset_script(policy, live, dropped=None):
     """`ipset restore` input that brings the sets to the policy: missing sets are
     created; static sets are refilled through a temporary set and `swap`, so the
     rules never see a half-filled set; a set created with other options is
     replaced the same way, carrying over bans and opt-outs with the time they
-    have left (as the nftables backend does)."""
+    have left (as the nftables backend does); when they no longer fit, those with
+    the most time left, and the number left out is appended to `dropped`."""
     lines = []
     for spec in ipsets(policy):
         name, header = spec["name"], set_header(spec)
@@ -382,8 +383,12 @@ def ipset_script(policy, live):
         lines.append("create %s %s" % (tmp, header))
         lines += ["add %s %s" % (tmp, e) for e in wanted]
         if spec.get("keep") or (spec["name"].endswith(("relays_v4", "relays_v6"))):
-            timeout = "timeout" in dict(spec["options"])
-            for key, left in cur["entries"]:
+            options = dict(spec["options"])
+            timeout = "timeout" in options
+            entries, lost = common.keep_longest(cur["entries"], options.get("maxelem", len(cur["entries"])))
+            if dropped is not None:
+                dropped.append(lost)
+            for key, left in entries:
                 if timeout and left:
                     lines.append("add -exist %s %s timeout %d" % (tmp, key, left))
                 elif not timeout:
@@ -412,10 +417,15 @@ def _keys(elements):
 
 
 def apply_sets(run, policy):
-    lines = ipset_script(policy, list_sets(run))
+    """Bring the ipsets to the policy; returns how many bans did not fit any more.
+    An error never echoes the carried elements (destinations)."""
+    dropped = []
+    lines = ipset_script(policy, list_sets(run), dropped)
     if lines:
-        _cmd(run, ["ipset", "restore"], data="\n".join(lines) + "\n")
-    return bool(lines)
+        rc, out, err = _cmd(run, ["ipset", "restore"], data="\n".join(lines) + "\n", check=False)
+        if rc != 0:
+            raise IptablesError("ipset restore failed: %s" % common.scrub(err or out))
+    return sum(dropped)
 
 
 def destroy_sets(run, names):

@@ -265,6 +265,12 @@ files:
   returned: always
   type: list
   elements: str
+bans_dropped:
+  description:
+    - Bans that no longer fit after O(set_size) was lowered below the number of active
+      bans; those with the most time left are kept (also reported as a warning).
+  returned: when bans were dropped
+  type: int
 ufw_active:
   description: Whether ufw was active, so that its rules were reloaded (backend ufw).
   returned: when backend is ufw

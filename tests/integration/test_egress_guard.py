@@ -184,3 +184,15 @@ def test_the_largest_accepted_values_load_and_larger_ones_are_refused_by_name(la
     assert result["changed"] is True and not result.get("failed"), result
     refused = ansible_module(lab.relay, GUARD, dict(BASE, ban_time=2000000000))
     assert refused.get("failed") is True and refused["msg"].startswith("ban_time: 2000000000 is out of range"), refused
+
+
+def test_lowering_set_size_below_the_active_bans_keeps_the_longest(lab):
+    ansible_module(lab.relay, GUARD, BASE)
+    elems = ", ".join("198.18.%d.%d timeout %ds" % (i // 250, i % 250 + 1, 600 + i) for i in range(1030))
+    nft(lab, "add", "element", "inet", "torexit_guard", "ban_vscan_v4_32", "{ %s }" % elems)
+    result = ansible_module(lab.relay, GUARD, dict(BASE, set_size=1024))
+    assert result["changed"] is True and result["bans_dropped"] == 6, result
+    listed = nft(lab, "-j", "list", "set", "inet", "torexit_guard", "ban_vscan_v4_32").stdout
+    kept = [e for obj in json.loads(listed)["nftables"] if "set" in obj for e in obj["set"].get("elem", [])]
+    assert len(kept) == 1024
+    assert "198.18.0.1\"" not in listed      # the ban with the least time left is gone

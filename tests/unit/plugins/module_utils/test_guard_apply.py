@@ -369,3 +369,76 @@ def test_absent_removes_what_present_added(host, backend):
     assert loaded(host, backend) is None and host.sets == {} and ufw_texts(host) == files
     assert not [c for fam in host.chains.values() for c in fam if c.startswith("TOREXIT")]
     assert apply(host, backend, state="absent")[0]["changed"] is False
+
+
+# --- issue 17 item 3: errors never echo set elements; lowering set_size keeps the longest bans
+
+class BannedKernel(FakeKernel):
+    """A loaded table (of another policy) whose ban set holds `count` bans; `nft -f`
+    fails like nft does, echoing the input line it choked on, when `fail` is set."""
+
+    def __init__(self, count, fail=False):
+        super().__init__(digest="ab" * 32)
+        self.bans = [("198.18.%d.0 . 22" % (i % 250), 100 + i) for i in range(count)]
+        self.fail, self.loaded_text = fail, None
+
+    def run(self, args, data=None, **kw):
+        if args[:4] == ["nft", "-j", "list", "set"] and args[-1] == "ban_hscan_v4_24":
+            elem = [{"elem": {"val": {"concat": [key.split(" . ")[0], 22]}, "expires": left}} for key, left in self.bans]
+            return 0, json.dumps({"nftables": [{"set": {"name": args[-1], "elem": elem}}]}), ""
+        if args[:2] == ["nft", "-f"]:
+            self.loaded_text = data
+            if self.fail:
+                line = [x for x in data.splitlines() if x.startswith("add element")][0]
+                return 1, "", ("/dev/stdin:400:1-90: Error: Could not process rule: No space left on device\n"
+                               "%s\n%s\n" % (line, "^" * 40))
+        return super().run(args, data, **kw)
+
+
+def run_present(kernel, **params):
+    module = FakeModule(kernel)
+    module.params.update(params)
+    module.warnings = []
+    module.warn = module.warnings.append
+    with pytest.raises(Done) as done:
+        eg.present(module, gn, gc.Env(run=kernel.run, persist=False, systemd=False, have=lambda c: True))
+    return done.value.result, done.value.failed, module.warnings
+
+
+def test_a_failing_load_counts_the_carried_bans_and_never_names_them():
+    result, failed, _warnings = run_present(BannedKernel(3, fail=True))
+    assert failed and "carrying over 3 bans and opt-outs" in result["msg"]
+    assert "No space left on device" in result["msg"]
+    assert "198.18" not in result["msg"] and "add element" not in result["msg"]
+
+
+def test_lowering_set_size_below_the_active_bans_keeps_those_with_most_time_left():
+    kernel = BannedKernel(1030)
+    result, failed, warnings = run_present(kernel, set_size=1024)
+    assert not failed and result["bans_dropped"] == 6
+    assert "6 bans with the least time left were dropped" in warnings[0]
+    carried = re.findall(r"timeout (\d+)s", kernel.loaded_text.split("add element", 1)[1])
+    assert len(carried) == 1024 and min(int(x) for x in carried) == 106    # 100..105 left out
+
+
+def test_ipsets_keep_the_longest_bans_when_maxelem_shrinks():
+    p = gp.build_policy(dict(PARAMS, set_size=1024), user_exists=lambda name: True)
+    live = {}
+    for spec in gx.ipsets(p):
+        live[spec["name"]] = {"type": spec["type"], "entries": [(e, None) for e in spec.get("elements") or []],
+                              "header": dict([("family", spec["family"])] + [(k, str(v)) for k, v in spec["options"]])}
+    ban = live["torexit_ban_vscan_v4_32"]
+    ban["header"]["maxelem"] = "4096"
+    ban["entries"] = [("198.18.%d.%d" % (i // 250, i % 250), 1000 + i) for i in range(1030)]
+    dropped = []
+    script = gx.ipset_script(p, live, dropped)
+    adds = [line for line in script if line.startswith("add -exist torexit_tmp_ban_vscan_v4_32")]
+    assert dropped == [6] and len(adds) == 1024 and not [a for a in adds if a.endswith(("timeout 1000", "timeout 1005"))]
+
+
+def test_scrub_drops_echoed_input_and_addresses():
+    text = ("ipset v7.17: Error in line 7: Element 198.18.3.0,tcp:22 cannot be added: set is full\n"
+            "/dev/stdin:3:1-20: Error: Could not process rule\nadd element inet t s { 2001:db8::1 . 22 }\n   ^^^^\n")
+    out = gc.scrub(text)
+    assert "198.18" not in out and "2001:db8" not in out and "add element" not in out
+    assert "set is full" in out and "Could not process rule" in out
