@@ -19,9 +19,12 @@ written before it get their old contents back, so the host keeps the old state
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import pwd
+import time
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as common
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_host as host
@@ -241,6 +244,38 @@ def absent(module, backend, env):
     module.exit_json(**result)
 
 
+LOCK = "/run/lock/torexit-egress-guard.lock"
+LOCK_WAIT = 60
+
+
+def lock(path=None, wait=None):
+    """Serialize runs of the module on one host (two plays, or a play and a hand-run):
+    an exclusive lock on `path`, waited for up to `wait` seconds. Returns the open
+    file (the lock lasts as long as it is open) or None and the holder's pid."""
+    path = path or LOCK
+    wait = LOCK_WAIT if wait is None else wait
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                return None, holder
+            time.sleep(0.5)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    return fd, None
+
+
 def run(module):
     """Pick the backend, check its commands, apply or remove the guard."""
     name = module.params["backend"]
@@ -259,4 +294,9 @@ def run(module):
 
     env = common.Env(run=runner, persist=module.params["persist"], systemd=host.systemd_running(),
                      have=lambda command: bool(module.get_bin_path(command)))
+    held, holder = lock()
+    if held is None:
+        module.fail_json(msg="another run of egress_guard (pid %s) has been changing the guard on this host for "
+                             "more than %d s (lock %s); nothing was changed, run again when it has finished"
+                             % (holder or "unknown", LOCK_WAIT, LOCK))
     (present if state == "present" else absent)(module, backend, env)

@@ -442,3 +442,29 @@ def test_scrub_drops_echoed_input_and_addresses():
     out = gc.scrub(text)
     assert "198.18" not in out and "2001:db8" not in out and "add element" not in out
     assert "set is full" in out and "Could not process rule" in out
+
+
+# --- issue 17 item 10: concurrent runs of the module are serialized
+
+def test_a_second_run_waits_for_the_lock_then_fails_clearly(tmp_path, monkeypatch):
+    import fcntl
+    path = str(tmp_path / "lock" / "egress-guard.lock")
+    monkeypatch.setattr(eg, "LOCK", path)
+    monkeypatch.setattr(eg, "LOCK_WAIT", 0.5)
+    first, holder = eg.lock()
+    assert first is not None and holder is None
+    kernel = FakeKernel()
+    module = FakeModule(kernel)
+    module.params.update(state="present", backend="nftables")
+    module.get_bin_path = lambda command: "/usr/sbin/" + command
+    calls = []
+    kernel.run = lambda args, data=None, **kw: calls.append(args) or (0, "", "")
+    with pytest.raises(Done) as done:
+        eg.run(module)
+    assert done.value.failed and "another run of egress_guard (pid %d)" % os.getpid() in done.value.result["msg"]
+    assert "nothing was changed" in done.value.result["msg"] and calls == []
+    fcntl.flock(first, fcntl.LOCK_UN)
+    os.close(first)
+    again, _holder = eg.lock()
+    assert again is not None
+    os.close(again)
