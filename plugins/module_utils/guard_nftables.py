@@ -294,11 +294,49 @@ def check(run, text):
     _nft(run, ["-c", "-f", "-"], data=text)
 
 
+def _loaded_objects(run):
+    """Chains, counters and {set: (size, timeout)} of the loaded table, without set
+    elements (`nft -t`); None without table."""
+    rc, out, _err = _nft(run, ["-t", "-j", "list", "table", FAMILY, TABLE], check=False)
+    if rc != 0:
+        return None
+    objs = json.loads(out).get("nftables", [])
+    return {"chains": [o["chain"]["name"] for o in objs if "chain" in o],
+            "counters": [o["counter"]["name"] for o in objs if "counter" in o],
+            "sets": dict((o["set"]["name"], (o["set"].get("size"), o["set"].get("timeout")))
+                         for o in objs if "set" in o)}
+
+
+def _in_place(text, loaded, kept):
+    """A transaction that replaces the loaded table's rules, counters and sets but
+    leaves the sets in `kept` (bans and opt-outs whose definition is unchanged)
+    untouched: elements the kernel or the opt-out service adds while the new rules
+    are loaded are not lost, and nothing needs to be read and written back."""
+    pre = ["flush chain %s %s" % (QUALIFIED, c) for c in loaded["chains"]]
+    pre += ["delete chain %s %s" % (QUALIFIED, c) for c in loaded["chains"]]
+    pre += ["delete set %s %s" % (QUALIFIED, s) for s in loaded["sets"] if s not in kept]
+    pre += ["delete counter %s %s" % (QUALIFIED, c) for c in loaded["counters"]]
+    body = [line for line in text.split("\n") if line not in ("table %s {}" % QUALIFIED, "delete table %s" % QUALIFIED)]
+    return "\n".join(pre + body)
+
+
 def load(run, text, keep_sets=None):
     """Load the ruleset in one transaction, keeping the elements of the sets in
-    `keep_sets` ({name: new size}); returns how many did not fit. An error never
+    `keep_sets` ({name: (new size, new timeout or None)}); returns how many did not
+    fit. A kept set whose size and timeout stay is left in place (see _in_place);
+    the others are re-created with their elements read just before. An error never
     echoes the carried elements (destinations), it counts them."""
-    extra, dropped = carry_over(run, keep_sets) if keep_sets else ([], 0)
+    keep_sets = keep_sets or {}
+    loaded = _loaded_objects(run) if keep_sets else None
+    if loaded:
+        kept = [n for n, want in keep_sets.items() if loaded["sets"].get(n) == want]
+        extra, dropped = carry_over(run, dict((n, want[0]) for n, want in keep_sets.items() if n not in kept))
+        rc, _out, _err = _nft(run, ["-f", "-"], data=_in_place(text, loaded, kept) + "".join(
+            "\n" + line for line in extra) + "\n", check=False)
+        if rc == 0:
+            return dropped
+    # a fresh host, or the in-place load was refused: replace the whole table
+    extra, dropped = carry_over(run, dict((n, want[0]) for n, want in keep_sets.items()))
     rc, out, err = _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra), check=False)
     if rc != 0:
         carried = sum(line.count(" timeout ") for line in extra)
@@ -347,9 +385,9 @@ def apply(env, plan):
     d = plan.desired
     if plan.live.loaded or host.GUARD_UNIT in plan.start:
         return
-    sizes = dict((b.name, d.policy["set_size"]) for b in common.ban_sets(d.policy))
-    sizes.update(optout_v4=common.OPTOUT_SIZE, optout_v6=common.OPTOUT_SIZE)
-    dropped = load(env.run, d.rules, keep_sets=sizes)
+    keep = dict((b.name, (d.policy["set_size"], b.ban_time)) for b in common.ban_sets(d.policy))
+    keep.update(optout_v4=(common.OPTOUT_SIZE, None), optout_v6=(common.OPTOUT_SIZE, None))
+    dropped = load(env.run, d.rules, keep_sets=keep)
     if d.policy["relay_allowlist"]:
         if d.files:
             env.run([host.RELAYS_SCRIPT])

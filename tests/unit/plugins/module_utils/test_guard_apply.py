@@ -44,6 +44,8 @@ class FakeKernel:
             return 0, json.dumps({"nftables": [{"counter": counter}]}), ""
         if args[:4] == ["nft", "-j", "list", "set"]:
             return 1, "", "No such file or directory"   # no bans to carry over
+        if args[:5] == ["nft", "-t", "-j", "list", "table"]:   # the loaded table without elements
+            return 1, "", "No such file or directory"    # (none: the whole table is replaced)
         raise AssertionError("unexpected command %r" % (args,))
 
 
@@ -468,3 +470,49 @@ def test_a_second_run_waits_for_the_lock_then_fails_clearly(tmp_path, monkeypatc
     again, _holder = eg.lock()
     assert again is not None
     os.close(again)
+
+
+class LoadedKernel(FakeKernel):
+    """A table of another policy is loaded; its ban and opt-out sets have the wanted
+    size and timeout except ban_flood_v4_32 (another ban time)."""
+
+    def __init__(self, policy):
+        super().__init__(digest="ab" * 32)
+        self.sets = dict((b[0], (policy["set_size"], b[4])) for b in gn.ban_sets(policy))
+        self.sets["ban_flood_v4_32"] = (policy["set_size"], 60)
+        self.sets.update(optout_v4=(65536, None), optout_v6=(65536, None), seen_v4=(262144, 600))
+        self.listed, self.loaded_text = [], None
+
+    def run(self, args, data=None, **kw):
+        if args[:5] == ["nft", "-t", "-j", "list", "table"]:
+            objs = [{"chain": {"name": "output"}}, {"chain": {"name": "hscan_hit_v4_8"}},
+                    {"counter": {"name": "policy_id"}}]
+            objs += [{"set": dict({"name": n, "size": s}, **({"timeout": t} if t else {}))}
+                     for n, (s, t) in self.sets.items()]
+            return 0, json.dumps({"nftables": objs}), ""
+        if args[:4] == ["nft", "-j", "list", "set"]:
+            self.listed.append(args[-1])
+            elem = [{"elem": {"val": {"concat": ["198.18.7.0", 22]}, "expires": 30}}]
+            return 0, json.dumps({"nftables": [{"set": {"name": args[-1], "elem": elem}}]}), ""
+        if args[:2] == ["nft", "-f"]:
+            self.loaded_text = data
+        return super().run(args, data, **kw)
+
+
+def test_a_reload_leaves_unchanged_ban_and_optout_sets_in_place():
+    """Nothing is read from and written back to a ban or opt-out set whose definition
+    stays: bans the kernel or the opt-out service adds during the reload survive."""
+    p = policy()
+    kernel = LoadedKernel(p)
+    result, failed, _warnings = run_present(kernel)
+    assert not failed and result["changed"] and kernel.digest == result["digest"]
+    text = kernel.loaded_text
+    assert "delete table" not in text
+    assert "delete chain inet torexit_guard hscan_hit_v4_8" in text        # a chain the new rules lack
+    assert "delete set inet torexit_guard seen_v4" in text                 # detector state starts afresh
+    for name in [b[0] for b in gn.ban_sets(p) if b[0] != "ban_flood_v4_32"] + ["optout_v4", "optout_v6"]:
+        assert "delete set inet torexit_guard %s\n" % name not in text
+    # only the set with another ban time is re-created, with its bans read just before
+    assert kernel.listed == ["ban_flood_v4_32"]
+    assert "delete set inet torexit_guard ban_flood_v4_32\n" in text
+    assert text.rstrip().endswith("add element inet torexit_guard ban_flood_v4_32 { 198.18.7.0 . 22 timeout 30s }")
