@@ -314,9 +314,10 @@ def hooked(saved, prefix=CHAIN_PREFIX, parent="OUTPUT"):
     return re.search(r"^(\[\d+:\d+\] )?-A %s -j %sGUARD$" % (parent, re.escape(prefix)), saved, re.M) is not None
 
 
-def list_sets(run):
-    """{name: {"type", "header" (dict), "entries" [(key, seconds left or None)]}} of our ipsets."""
-    rc, out, _err = _cmd(run, ["ipset", "list"], check=False)
+def list_sets(run, name=None):
+    """{name: {"type", "header" (dict), "entries" [(key, seconds left or None)]}} of our
+    ipsets (of the one set `name`)."""
+    rc, out, _err = _cmd(run, ["ipset", "list"] + ([name] if name else []), check=False)
     if rc != 0:
         return {}
     sets, cur, members = {}, None, False
@@ -416,15 +417,36 @@ def _keys(elements):
     return out
 
 
+def _restore_sets(run, lines):
+    rc, out, err = _cmd(run, ["ipset", "restore"], data="\n".join(lines) + "\n", check=False)
+    if rc != 0:
+        raise IptablesError("ipset restore failed: %s" % common.scrub(err or out))
+
+
 def apply_sets(run, policy):
     """Bring the ipsets to the policy; returns how many bans did not fit any more.
-    An error never echoes the carried elements (destinations)."""
+    A ban or opt-out set that is replaced keeps its old contents under the temporary
+    name until they were read again after the swap: what the kernel or the opt-out
+    service added since the first read is carried over too. An error never echoes
+    the carried elements (destinations)."""
     dropped = []
-    lines = ipset_script(policy, list_sets(run), dropped)
-    if lines:
-        rc, out, err = _cmd(run, ["ipset", "restore"], data="\n".join(lines) + "\n", check=False)
-        if rc != 0:
-            raise IptablesError("ipset restore failed: %s" % common.scrub(err or out))
+    live = list_sets(run)
+    lines = ipset_script(policy, live, dropped)
+    if not lines:
+        return 0
+    keep = set(spec["name"] for spec in ipsets(policy) if spec.get("keep"))
+    swapped = dict(line.split()[1:3] for line in lines if line.startswith("swap ") and line.split()[2] in keep)
+    _restore_sets(run, [line for line in lines if not (line.startswith("destroy ") and line.split()[1] in swapped)])
+    late = []
+    for tmp, name in swapped.items():
+        known = set(key for key, _left in live[name]["entries"])
+        timeout = "timeout" in live[name]["header"]
+        for key, left in list_sets(run, tmp).get(tmp, {"entries": []})["entries"]:
+            if key not in known and (left or not timeout):
+                late.append("add -exist %s %s%s" % (name, key, " timeout %d" % left if left else ""))
+        late.append("destroy %s" % tmp)
+    if late:
+        _restore_sets(run, late)
     return sum(dropped)
 
 

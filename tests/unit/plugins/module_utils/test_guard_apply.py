@@ -134,7 +134,7 @@ class FakeHost:
         self.chains = {"iptables": {"OUTPUT": []}, "ip6tables": {"OUTPUT": []}}
         self.sets = {}
         self.ufw_files = ufw_files or {}
-        self.calls, self.fail = [], None
+        self.calls, self.fail, self.before_restore = [], None, None
 
     def changing(self):
         return [c for c in self.calls if not any(c[:len(r)] == r for r in self.READ_ONLY)]
@@ -208,12 +208,17 @@ class FakeHost:
         if args[1] == "list":
             out = []
             for name, s in self.sets.items():
+                if len(args) > 2 and name != args[2]:
+                    continue
                 out += ["Name: " + name, "Type: " + s["type"], "Header: " + " ".join(s["header"]), "Members:"]
                 out += ["%s timeout %d" % (k, left) if left else k for k, left in s["members"].items()] + [""]
             return 0, "\n".join(out), ""
         if args[1] == "destroy":
             self.sets.pop(args[2], None)
             return 0, "", ""
+        if self.before_restore:     # something adds to a set after it was read, before the swap
+            self.before_restore, before = None, self.before_restore
+            before()
         for line in data.splitlines():
             words = [w for w in line.split() if w != "-exist"]
             if words[0] == "create" and words[1] not in self.sets:
@@ -516,3 +521,19 @@ def test_a_reload_leaves_unchanged_ban_and_optout_sets_in_place():
     assert kernel.listed == ["ban_flood_v4_32"]
     assert "delete set inet torexit_guard ban_flood_v4_32\n" in text
     assert text.rstrip().endswith("add element inet torexit_guard ban_flood_v4_32 { 198.18.7.0 . 22 timeout 30s }")
+
+
+def test_a_replaced_ipset_keeps_the_bans_added_while_it_was_replaced(host):
+    apply(host, "iptables")
+    ban = host.sets["torexit_ban_vscan_v4_32"]["members"]
+    ban["198.18.1.1"] = 500
+
+    def kernel_bans_more():
+        host.sets["torexit_ban_vscan_v4_32"]["members"]["198.18.2.2"] = 550
+    host.before_restore = kernel_bans_more
+    result, failed = apply(host, "iptables", {"ban_time": 900})      # the ban sets get another timeout
+    assert not failed and result["changed"]
+    replaced = host.sets["torexit_ban_vscan_v4_32"]
+    assert "timeout 900" in " ".join(replaced["header"])
+    assert set(replaced["members"]) == {"198.18.1.1", "198.18.2.2"}
+    assert not [name for name in host.sets if "_tmp_" in name]
