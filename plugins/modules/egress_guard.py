@@ -21,7 +21,12 @@ description:
     C(nft -f). Other tables (ufw, iptables-nft, Docker) are never touched and
     O(state=absent) removes only this table and the files this module wrote.
   - Re-applying unchanged options changes nothing and keeps current bans.
-    Changing options keeps current bans and opt-outs with the time they have left.
+    Changing options keeps current bans and opt-outs with the time they have left;
+    a ban or opt-out set whose size and timeout stay is not touched at all, so
+    entries added while the new rules load are kept. When O(set_size) drops below
+    the number of active bans, those with the most time left are kept (RV(bans_dropped)).
+  - Runs of this module on one host take turns (lock C(/run/lock/torexit-egress-guard.lock));
+    a run that cannot get the lock within 60 seconds fails and changes nothing.
   - Privacy - nothing is logged; the kernel keeps counters and short-lived sets of
     destination prefixes only.
   - The Tor Project asks exit operators not to filter. O(mode=monitor) only counts,
@@ -31,7 +36,9 @@ author:
   - torexit.hardening contributors (@torexit)
 attributes:
   check_mode:
-    description: Renders and validates (C(nft -c)) without changing the host.
+    description:
+      - Renders and validates (C(nft -c); C(iptables-restore --test) once the ipsets the
+        rules name exist) without changing the host.
     support: full
   diff_mode:
     description: Shows the ruleset file before and after.
