@@ -10,6 +10,9 @@ of nftables.service wipes every table. Two pieces keep the guard loaded:
 - a drop-in for nftables.service appends the same load to its ExecStartPost and
   ExecReload, so it runs right after nftables' own steps, in order. (Propagating
   a reload to a separate unit races with nftables' flush.)
+
+Also here, for every backend: the relay allow-list refresh script (one parser,
+a loader per backend), the timer text, and reading and writing files (guard_apply).
 """
 
 from __future__ import annotations
