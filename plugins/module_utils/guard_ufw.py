@@ -205,7 +205,7 @@ def _load_text(plan, fam):
 def validate(env, plan):
     """Create or update the sets the rules name, then test ufw's new files (or,
     without persist, what goes into the running chains) without loading them."""
-    dropped = xt.apply_sets(env.run, plan.desired.policy)
+    dropped = xt.apply_sets(env.run, plan.desired.policy) if plan.live.sets else 0
     for fam, _family, _host, cmd in xt.FAMILIES:
         if env.persist:
             _old, new = plan.edited[RULES_FILES[fam]]
