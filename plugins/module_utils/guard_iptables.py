@@ -106,14 +106,14 @@ def validate(env, plan):
     """Create or update the sets the rules name (iptables-restore checks they
     exist), then test both families' rules without loading them."""
     dropped = xt.apply_sets(env.run, plan.desired.policy) if plan.live.sets else 0
-    for fam, _family, _host, cmd in xt.FAMILIES:
+    for fam, cmd in xt.FAMILY_COMMANDS:
         xt.check(env.run, cmd, xt.render(plan.desired.policy, plan.desired.digest, fam))
     return {"bans_dropped": dropped} if dropped else None
 
 
 def apply(env, plan):
     d = plan.desired
-    for fam, _family, _host, cmd in xt.FAMILIES:
+    for fam, cmd in xt.FAMILY_COMMANDS:
         loaded = plan.live.state[fam]
         stale = [c for c in loaded.names if c not in xt.chains(d.policy)]
         xt.restore(env.run, cmd, xt.render(d.policy, d.digest, fam, hook=not loaded.hooked, stale=stale))

@@ -34,7 +34,8 @@ VERDICTS = {
 # nft address expression and set key type per family
 EXPR = {"v4": "ip daddr", "v6": "ip6 daddr"}
 ADDR = {"v4": "ipv4_addr", "v6": "ipv6_addr"}
-FAMILIES = [(f.name, EXPR[f.name], ADDR[f.name], f.host) for f in common.FAMILIES]
+# (family, address expression, key type, host prefix length) as render() uses them
+FAMILIES = tuple((f.name, EXPR[f.name], ADDR[f.name], f.host) for f in common.FAMILIES)
 
 
 def _mask(version, length):

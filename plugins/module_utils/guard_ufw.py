@@ -206,7 +206,7 @@ def validate(env, plan):
     """Create or update the sets the rules name, then test ufw's new files (or,
     without persist, what goes into the running chains) without loading them."""
     dropped = xt.apply_sets(env.run, plan.desired.policy) if plan.live.sets else 0
-    for fam, _family, _host, cmd in xt.FAMILIES:
+    for fam, cmd in xt.FAMILY_COMMANDS:
         if env.persist:
             _old, new = plan.edited[RULES_FILES[fam]]
             validate_file(env.run, fam, new)
@@ -219,7 +219,7 @@ def apply(env, plan):
     """ufw's files are written (guard_apply did that): reload ufw so it loads them."""
     d, run = plan.desired, env.run
     if not env.persist:
-        for fam, _family, _host, cmd in xt.FAMILIES:
+        for fam, cmd in xt.FAMILY_COMMANDS:
             xt.restore(run, cmd, _load_text(plan, fam))
     else:
         active = plan.live.state["active"]
@@ -228,7 +228,7 @@ def apply(env, plan):
             _ufw_reload(run)
         xt.refresh_relays(run, d.policy)
         # ufw does not delete chains that left its files: drop our unreferenced leftovers
-        for fam, _family, _host, cmd in xt.FAMILIES:
+        for fam, cmd in xt.FAMILY_COMMANDS:
             stale = [c for c in plan.live.state["chains"][fam].names if c not in xt.chains(d.policy, CHAIN_PREFIX)]
             if stale and active:
                 xt.restore(run, cmd, xt.remove_text(stale, False, CHAIN_PREFIX))
@@ -242,7 +242,7 @@ def installed(env):
     edits = {}
     if env.have("ufw") and env.persist:
         edits = dict((path, functools.partial(_edit, path, None)) for path in RULES_FILES.values())
-    loaded = any(xt.our_chains(xt.save(env.run, cmd), CHAIN_PREFIX) for _f, _fa, _h, cmd in xt.FAMILIES)
+    loaded = any(xt.our_chains(xt.save(env.run, cmd), CHAIN_PREFIX) for _fam, cmd in xt.FAMILY_COMMANDS)
     ipt_installed = host.read(xt.UNIT_DIR + "/" + xt.IPTABLES_UNIT) is not None or any(
         c.names for c in xt.live_state(env.run).values())
     sets = [] if ipt_installed else sorted(xt.list_sets(env.run))
@@ -255,7 +255,7 @@ def installed(env):
 def remove(env, installed):
     if installed.state["edited"] and _ufw_active(env.run):
         _ufw_reload(env.run)
-    for fam, _family, _host, cmd in xt.FAMILIES:
+    for fam, cmd in xt.FAMILY_COMMANDS:
         saved = xt.save(env.run, cmd)
         names = xt.our_chains(saved, CHAIN_PREFIX)
         if names:

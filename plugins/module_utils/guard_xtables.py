@@ -41,7 +41,8 @@ DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 # ipset family and command prefix per family
 IPSET_FAMILY = {"v4": "inet", "v6": "inet6"}
 COMMAND = {"v4": "iptables", "v6": "ip6tables"}
-FAMILIES = [(f.name, IPSET_FAMILY[f.name], f.host, COMMAND[f.name]) for f in common.FAMILIES]
+# (family, command) in the order both families are handled
+FAMILY_COMMANDS = tuple((f.name, COMMAND[f.name]) for f in common.FAMILIES)
 REJECT = {
     "tcp-reset": ("-j REJECT --reject-with tcp-reset", "-j REJECT --reject-with tcp-reset"),
     "icmp-admin-prohibited": ("-j REJECT --reject-with icmp-admin-prohibited",
@@ -84,7 +85,7 @@ def ipsets(policy):
         {"name": SET_PREFIX + "web_ports", "type": "bitmap:port", "family": None,
          "options": [("range", "0-65535")], "static": True, "elements": [str(x) for x in p["web_ports"]]},
     ]
-    for fam, family, _host, _cmd in FAMILIES:
+    for fam, family in ((f.name, IPSET_FAMILY[f.name]) for f in common.FAMILIES):
         ver = 4 if fam == "v4" else 6
         deny = [d for d in p["deny"] if d["version"] == ver]
         out += [
@@ -482,7 +483,7 @@ def live_state(run, prefix=CHAIN_PREFIX, parents=None):
     """{fam: Chains} of the loaded rules; `parents` maps the family to the chain
     holding the hook (default OUTPUT)."""
     out = {}
-    for fam, _family, _host, cmd in FAMILIES:
+    for fam, cmd in FAMILY_COMMANDS:
         parent = (parents or {}).get(fam, "OUTPUT")
         saved = save(run, cmd)
         out[fam] = Chains(digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
@@ -504,7 +505,7 @@ def remove_text(chain_names, hook, prefix=CHAIN_PREFIX, parent="OUTPUT"):
 def delete(run, prefix=CHAIN_PREFIX):
     """Unhook and delete our chains in both families; True when something was removed."""
     changed = False
-    for _fam, _family, _host, cmd in FAMILIES:
+    for _fam, cmd in FAMILY_COMMANDS:
         saved = save(run, cmd)
         names = our_chains(saved, prefix)
         hook = hooked(saved, prefix)
@@ -519,7 +520,7 @@ def read_state(run, show_bans=False, prefix=CHAIN_PREFIX):
     counters = dict((name, {"packets": 0, "bytes": 0}) for name in COUNTER_NAMES)
     digest = None
     found = False
-    for _fam, _family, _host, cmd in FAMILIES:
+    for _fam, cmd in FAMILY_COMMANDS:
         saved = save(run, cmd, counters=True)
         if not our_chains(saved, prefix):
             continue
