@@ -58,6 +58,7 @@ def test_nftables_output_chain_follows_the_decision_order(name):
         text = f.read()
     chain = text.split("\tchain output {\n", 1)[1].split("\n\t}", 1)[0].splitlines()[1:]
     rules = [r.strip() for r in chain]
+
     def family(rule):
         return "v6" if "ip6 daddr" in rule else "v4" if "ip daddr" in rule else None
 
