@@ -10,6 +10,9 @@ of nftables.service wipes every table. Two pieces keep the guard loaded:
 - a drop-in for nftables.service appends the same load to its ExecStartPost and
   ExecReload, so it runs right after nftables' own steps, in order. (Propagating
   a reload to a separate unit races with nftables' flush.)
+
+Also here, for every backend: the relay allow-list refresh script (one parser,
+a loader per backend), the timer text, and reading and writing files (guard_apply).
 """
 
 from __future__ import annotations
@@ -54,26 +57,79 @@ WantedBy=sysinit.target
 """
 
 # Known relays are never limited: relay-to-relay traffic is what makes Tor work.
-# Addresses come from the consensus tor already keeps on disk.
+# Addresses come from the consensus tor already keeps on disk. One script for every
+# backend; only what it feeds to the kernel differs (RELAYS_LOADERS).
 RELAYS_SCRIPT_TEXT = """\
 #!/bin/sh
 # Managed by torexit.hardening.egress_guard.
 # Load the addresses of all relays in tor's cached consensus into the guard's
-# allow sets, replacing the previous contents in one transaction.
+# {sets}, replacing the previous contents in one transaction.
+# A malformed address is skipped and counted; when reading or loading fails,
+# the previous contents stay.
 # Arguments: consensus files to read instead of tor's usual places.
 set -eu
 if [ $# -gt 0 ]; then files="$*"; else files=$(ls {globs} 2>/dev/null || true); fi
 [ -n "$files" ] || exit 0
-nft list table inet torexit_guard >/dev/null 2>&1 || exit 0
-v4=$(awk '$1 == "r" {{ for (i = 6; i <= 8; i++) if ($i ~ /^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$/) {{ print $i; break }} }}' $files | sort -u | paste -sd, -)
-v6=$(awk '$1 == "a" && $2 ~ /^\\[/ {{ sub(/^\\[/, "", $2); sub(/\\]:[0-9]+$/, "", $2); print $2 }}' $files | sort -u | paste -sd, -)
-{{
-  echo "flush set inet torexit_guard relays_v4"
-  echo "flush set inet torexit_guard relays_v6"
-  [ -z "$v4" ] || echo "add element inet torexit_guard relays_v4 {{ $v4 }}"
-  [ -z "$v6" ] || echo "add element inet torexit_guard relays_v6 {{ $v6 }}"
-}} | nft -f -
+{exists} >/dev/null 2>&1 || exit 0
+input=$(python3 - {kind} $files <<'EOF'
+{parser}EOF
+)
+printf '%s\\n' "$input" | {loader}
 """
+
+# Reads consensus files, prints the loader's input only when every file was read.
+RELAYS_PARSER = r"""import ipaddress
+import re
+import sys
+
+kind, paths = sys.argv[1], sys.argv[2:]
+found, skipped = {4: set(), 6: set()}, 0
+for path in paths:
+    with open(path, errors="replace") as f:
+        for line in f:
+            words = line.split()
+            if words[:1] == ["r"]:
+                text = ([w for w in words[5:8] if re.match(r"^[0-9]+([.][0-9]+){3}$", w)] + [""])[0]
+                version = 4
+            elif words[:1] == ["a"] and len(words) > 1 and words[1].startswith("["):
+                text = re.sub(r"[]]:[0-9]+$", "", words[1][1:])
+                version = 6
+            else:
+                continue
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                addr = None
+            if addr is None or addr.version != version or "%" in text:
+                skipped += 1
+                continue
+            found[version].add(str(addr))
+v4, v6 = sorted(found[4]), sorted(found[6])
+if kind == "nftables":
+    print("flush set inet torexit_guard relays_v4")
+    print("flush set inet torexit_guard relays_v6")
+    for fam, addrs in (("v4", v4), ("v6", v6)):
+        if addrs:
+            print("add element inet torexit_guard relays_%s { %s }" % (fam, ", ".join(addrs)))
+else:
+    for fam, family in (("v4", "inet"), ("v6", "inet6")):
+        print("create torexit_tmp_relays_%s hash:ip family %s maxelem 65536" % (fam, family))
+        print("flush torexit_tmp_relays_%s" % fam)
+    for fam, addrs in (("v4", v4), ("v6", v6)):
+        for addr in addrs:
+            print("add torexit_tmp_relays_%s %s" % (fam, addr))
+    for fam in ("v4", "v6"):
+        print("swap torexit_tmp_relays_%s torexit_relays_%s" % (fam, fam))
+        print("destroy torexit_tmp_relays_%s" % fam)
+sys.stderr.write("torexit-guard-relays: %d IPv4 and %d IPv6 relay addresses, %d malformed entries skipped\n"
+                 % (len(v4), len(v6), skipped))
+"""
+
+RELAYS_LOADERS = {
+    # kind: (sets named in the header, command that tells the guard is loaded, loader)
+    "nftables": ("allow sets relays_v4/_v6", "nft list set inet torexit_guard relays_v4", "nft -f -"),
+    "ipset": ("ipsets torexit_relays_v4/_v6", "ipset list -n torexit_relays_v4", "ipset -exist restore"),
+}
 
 NFTABLES_DROPIN_TEXT = """\
 # Managed by torexit.hardening.egress_guard: reload the guard's table after
@@ -112,8 +168,11 @@ WantedBy=timers.target
 """
 
 
-def relays_script():
-    return RELAYS_SCRIPT_TEXT.format(globs=CONSENSUS_GLOBS)
+def relays_script(kind="nftables"):
+    """The relay refresh script for the nftables table or the ipsets."""
+    sets, exists, loader = RELAYS_LOADERS[kind]
+    return RELAYS_SCRIPT_TEXT.format(sets=sets, globs=CONSENSUS_GLOBS, exists=exists, kind=kind,
+                                     parser=RELAYS_PARSER, loader=loader)
 
 
 def desired_files(ruleset_text, relay_allowlist):

@@ -1,512 +1,29 @@
 # -*- coding: utf-8 -*-
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""iptables backend of the egress guard: the policy of guard_policy rendered for
-iptables/ip6tables and ipset, with the same detectors as the nftables backend.
+"""iptables backend of the egress guard: chains `TOREXIT-*` in the filter table of
+iptables and ip6tables, hooked by one rule at the top of OUTPUT, and ipsets
+`torexit_*` (rules and sets: guard_xtables); with persist, files in /etc/torexit
+and a unit that loads them at boot and after netfilter-persistent.
 
-* kernel state lives in ipsets named `torexit_*` (the ban sets keep the names of
-  docs/guard-sets.md with that prefix, e.g. `torexit_ban_hscan_v4_24`) and in
-  hashlimit tables named after the policy's digest;
-* first contacts are tracked in `hash:ip,port` sets with a timeout
-  (`torexit_seen_v4`), horizontal scans with hashlimit per destination prefix and
-  port (`--hashlimit-dstmask`), vertical scans with hashlimit per host, floods
-  with connlimit (open connections per address) plus hashlimit (rate per address
-  and port); a detection adds the prefix to a ban set with a timeout;
-* rules live in chains of their own (prefix `TOREXIT-`), loaded with
-  `iptables-restore --noflush` in one transaction per family, hooked from OUTPUT
-  by a single rule; no other chain or rule is touched.
-
-Counters are the packet counters of rules tagged with a comment naming them
-(the names of guard_nftables.COUNTERS); the digest of the policy is the comment
-of the first rule of the entry chain.
+The interface every backend offers to guard_apply: render, desired, live, validate,
+apply, installed, remove, and read_state for egress_guard_info.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
-from ansible_collections.torexit.hardening.plugins.module_utils import guard_host
-from ansible_collections.torexit.hardening.plugins.module_utils.guard_nftables import COUNTERS, _rate, ban_sets
-
-CHAIN_PREFIX = "TOREXIT-"
-# The chains of one family after the prefix, in declaration order; HSHIT-<n> (one per
-# horizontal-scan level) come between the two groups.
-HEAD_CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")
-TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD")
-SET_PREFIX = "torexit_"
-DIGEST_TAG = "torexit.hardening egress_guard sha256:"
-FAMILIES = (("v4", "inet", 32, "iptables"), ("v6", "inet6", 128, "ip6tables"))
-REJECT = {
-    "tcp-reset": ("-j REJECT --reject-with tcp-reset", "-j REJECT --reject-with tcp-reset"),
-    "icmp-admin-prohibited": ("-j REJECT --reject-with icmp-admin-prohibited",
-                              "-j REJECT --reject-with icmp6-adm-prohibited"),
-    "drop": ("-j DROP", "-j DROP"),
-}
-COUNTER_NAMES = [name for name, _comment in COUNTERS]
-OPTOUT_TIMEOUT = 86400   # default timeout of opt-out entries added without one
-
-
-class IptablesError(RuntimeError):
-    pass
-
-
-# --- what the kernel should hold --------------------------------------------------
-
-def _split_zero(net):
-    """ipset hash:net cannot hold /0: 0.0.0.0/0 becomes two /1 halves."""
-    if net == "0.0.0.0/0":
-        return ["0.0.0.0/1", "128.0.0.0/1"]
-    if net == "::/0":
-        return ["::/1", "8000::/1"]
-    return [net]
-
-
-def _port_text(ports):
-    return "%d-%d" % ports if ports[0] != ports[1] else "%d" % ports[0]
-
-
-def ipsets(policy):
-    """The sets the rules use, in creation order: a list of dicts with
-    name, type, family (None for port bitmaps), options (create arguments as an
-    ordered list of (key, value)), static (True when the policy defines the
-    contents) and elements (for static sets)."""
-    p = policy
-    size = p["set_size"]
-    out = [
-        {"name": SET_PREFIX + "strict_ports", "type": "bitmap:port", "family": None,
-         "options": [("range", "0-65535")], "static": True, "elements": [str(x) for x in p["strict_ports"]]},
-        {"name": SET_PREFIX + "web_ports", "type": "bitmap:port", "family": None,
-         "options": [("range", "0-65535")], "static": True, "elements": [str(x) for x in p["web_ports"]]},
-    ]
-    for fam, family, _host, _cmd in FAMILIES:
-        ver = 4 if fam == "v4" else 6
-        deny = [d for d in p["deny"] if d["version"] == ver]
-        out += [
-            {"name": SET_PREFIX + "allow_" + fam, "type": "hash:net", "family": family, "options": [],
-             "static": True, "elements": [n for a in p["allow_" + fam] for n in _split_zero(a)]},
-            {"name": SET_PREFIX + "deny_" + fam, "type": "hash:net", "family": family, "options": [],
-             "static": True, "elements": [n for d in deny if not d["ports"] for n in _split_zero(d["net"])]},
-            {"name": SET_PREFIX + "deny_port_" + fam, "type": "hash:net,port", "family": family, "options": [],
-             "static": True, "elements": ["%s,tcp:%s" % (n, _port_text(d["ports"]))
-                                          for d in deny if d["ports"] for n in _split_zero(d["net"])]},
-            {"name": SET_PREFIX + "relays_" + fam, "type": "hash:ip", "family": family,
-             "options": [("maxelem", 65536)], "static": False},
-            {"name": SET_PREFIX + "optout_" + fam, "type": "hash:net", "family": family,
-             "options": [("maxelem", 65536), ("timeout", OPTOUT_TIMEOUT)], "static": False, "keep": True},
-            {"name": SET_PREFIX + "seen_" + fam, "type": "hash:ip,port", "family": family,
-             "options": [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", p["scan_window"])],
-             "static": False},
-        ]
-    for name, typ, _key, det, ban_time in ban_sets(p):
-        fam = name.split("_")[2]
-        family = "inet" if fam == "v4" else "inet6"
-        length = int(name.split("_")[3])
-        options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban_time)]
-        if det == "hscan":
-            options.append(("netmask", length))
-        out.append({"name": SET_PREFIX + name, "type": "hash:ip,port" if "inet_service" in typ else "hash:ip",
-                    "family": family, "options": options, "static": False, "keep": True})
-    return out
-
-
-def kernel_hashsize(maxelem):
-    """Buckets for a set that iptables' SET target fills. The kernel grows a hash
-    set only for adds from user space; in the packet path an add fails once its
-    bucket holds `bucketsize` (12) elements, so the default 1024 buckets would cap
-    such a set near 12,288 elements whatever maxelem says. With maxelem/4 buckets
-    (a power of two, as ipset lists it) a full set holds about 4 per bucket, and a
-    bucket reaching 12 is rare (at maxelem/8 a 184,000-host fill still overflowed
-    285 buckets)."""
-    size = 64
-    while size < maxelem // 4:
-        size *= 2
-    return size
-
-
-def set_header(spec):
-    """The create arguments after `create NAME`."""
-    words = [spec["type"]]
-    if spec["family"]:
-        words += ["family", spec["family"]]
-    for key, value in spec["options"]:
-        words += [key, str(value)]
-    return " ".join(words)
-
-
-def ipset_file(policy):
-    """`ipset restore -exist` input that creates every set and fills the static
-    ones; loaded at boot before the rules (the sets are empty at boot)."""
-    lines = ["# Managed by torexit.hardening.egress_guard: changes here are overwritten."]
-    for spec in ipsets(policy):
-        lines.append("create %s %s" % (spec["name"], set_header(spec)))
-        for elem in spec.get("elements") or []:
-            lines.append("add %s %s" % (spec["name"], elem))
-    return "\n".join(lines) + "\n"
-
-
-def chains(policy, prefix=CHAIN_PREFIX):
-    """Names of the chains of one family, the entry chain first."""
-    names = [prefix + n for n in HEAD_CHAINS]
-    names += [prefix + "HSHIT-%d" % i for i in range(len(policy["horizontal_scan"]["prefixes_v4"]))]
-    names += [prefix + n for n in TAIL_CHAINS]
-    return names
-
-
-def _hl(name, rate, burst, mode, size, expire_s, mask=None):
-    words = ["-m hashlimit --hashlimit-above %s --hashlimit-burst %d --hashlimit-mode %s"
-             % (rate, burst, mode)]
-    if mask is not None:
-        words.append("--hashlimit-dstmask %d" % mask)
-    words.append("--hashlimit-name %s --hashlimit-htable-max %d --hashlimit-htable-expire %d"
-                 % (name, size, expire_s * 1000))
-    return " ".join(words)
-
-
-def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
-    """The `-A` lines of one family's chains (v4 or v6)."""
-    p = policy
-    idx = 0 if fam == "v4" else 1
-    host = 32 if fam == "v4" else 128
-    verdict = REJECT[p["reject_with"]][idx] if p["mode"] == "enforce" else "-j RETURN"
-    size, window = p["set_size"], p["scan_window"]
-    fl, hs = p["flood"], p["horizontal_scan"]
-    tag = "tx%s_" % digest[:8]      # a new policy gets fresh hashlimit tables
-    guard, detect, scan, hs_strict, hs_web, hs_default = chains(p, prefix)[:6]
-    hit = {length: prefix + "HSHIT-%d" % i for i, length in enumerate(hs["prefixes_" + fam])}
-    vshit, flhit = prefix + "VSHIT", prefix + "FLHIT"
-    S = SET_PREFIX
-
-    L = []
-
-    def add(chain, text):
-        L.append("-A %s %s" % (chain, text))
-
-    def counted(name):
-        return '-m comment --comment "%s"' % name
-
-    add(guard, '-m comment --comment "%s%s"' % (DIGEST_TAG, digest))
-    add(guard, "! -p tcp -j RETURN")
-    add(guard, "-p tcp -m conntrack ! --ctstate NEW -j RETURN")
-    if p["owner"] != "any":
-        add(guard, "-p tcp -m owner ! --uid-owner %s -j RETURN" % p["owner"])
-    add(guard, "-o lo -p tcp -j RETURN")
-    add(guard, "-p tcp %s" % counted("guarded_new"))
-    add(guard, "-p tcp -m set --match-set %sallow_%s dst %s -j RETURN" % (S, fam, counted("allowed")))
-    add(guard, "-p tcp -m set --match-set %srelays_%s dst %s -j RETURN" % (S, fam, counted("allowed")))
-    add(guard, "-p tcp -m set --match-set %sdeny_%s dst %s %s" % (S, fam, counted("blocked_deny"), verdict))
-    add(guard, "-p tcp -m set --match-set %sdeny_port_%s dst,dst %s %s"
-        % (S, fam, counted("blocked_deny"), verdict))
-    add(guard, "-p tcp -m set --match-set %soptout_%s dst %s %s" % (S, fam, counted("blocked_optout"), verdict))
-    for name, typ, _key, det, _ban in ban_sets(p):
-        if name.split("_")[2] != fam:
-            continue
-        flags = "dst,dst" if "inet_service" in typ else "dst"
-        add(guard, "-p tcp -m set --match-set %s%s %s %s %s" % (S, name, flags, counted("blocked_" + det), verdict))
-    add(guard, "-p tcp -j %s" % detect)
-
-    # a first contact of a host and port can be a scan, a repeated one a flood
-    flood = prefix + "FLOOD"
-    add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, flood))
-    add(detect, "-p tcp -j SET --add-set %sseen_%s dst,dst" % (S, fam))
-    add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, scan))
-    # reached only when the seen set is full: keep counting strict ports and floods
-    add(detect, "-p tcp %s" % counted("seen_full"))
-    add(detect, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, scan))
-    add(detect, "-p tcp -g %s" % flood)
-    # flood: rate limit only while many connections to the address are open
-    add(flood, "-p tcp -m connlimit --connlimit-above %d --connlimit-mask %d --connlimit-daddr %s -g %s"
-        % (fl["concurrent"], host, _hl(tag + "flood_" + fam, "%d/second" % fl["rate"], fl["burst"],
-                                       "dstip,dstport", size, 60), flhit))
-
-    ports = p["vertical_scan"]["ports"]
-    if ports:
-        add(scan, "-p tcp %s -g %s" % (_hl(tag + "vscan_" + fam, _rate(ports, window), ports, "dstip",
-                                           size, window), vshit))
-    add(scan, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, hs_strict))
-    add(scan, "-p tcp -m set --match-set %sweb_ports dst -g %s" % (S, hs_web))
-    add(scan, "-p tcp -g %s" % hs_default)
-    for tier, chain in (("strict", hs_strict), ("web", hs_web), ("default", hs_default)):
-        for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
-            if hosts:
-                add(chain, "-p tcp %s -g %s" % (
-                    _hl("%shs_%s_%s_%d" % (tag, tier, fam, length), _rate(hosts, window), hosts,
-                        "dstip,dstport", size, window, mask=length), hit[length]))
-    for length in hs["prefixes_" + fam]:
-        add(hit[length], "-p tcp -j SET --add-set %sban_hscan_%s_%d dst,dst" % (S, fam, length))
-        add(hit[length], "-p tcp %s %s" % (counted("detect_hscan"), verdict))
-    add(vshit, "-p tcp -j SET --add-set %sban_vscan_%s_%d dst" % (S, fam, host))
-    add(vshit, "-p tcp %s %s" % (counted("detect_vscan"), verdict))
-    add(flhit, "-p tcp -j SET --add-set %sban_flood_%s_%d dst,dst" % (S, fam, host))
-    add(flhit, "-p tcp %s %s" % (counted("detect_flood"), verdict))
-    return L
-
-
-def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, parent="OUTPUT"):
-    """One family's `iptables-restore --noflush` input: declares (and so empties)
-    our chains, fills them, optionally hooks the entry chain (first rule of
-    OUTPUT; last of ufw's chain for the ufw backend), and deletes our chains that
-    the policy no longer has. Nothing else is touched."""
-    p = policy
-    L = ["# Managed by torexit.hardening.egress_guard (backend %s): changes here are overwritten."
-         % ("iptables" if prefix == CHAIN_PREFIX else "ufw"),
-         "# mode=%s profile=%s owner=%s reject_with=%s family=%s"
-         % (p["mode"], p["profile"], p["owner"], p["reject_with"], fam),
-         "*filter"]
-    L += [":%s - [0:0]" % c for c in chains(p, prefix) + list(stale)]
-    L += rules(p, digest, fam, prefix)
-    if hook:
-        L.append(("-I OUTPUT 1 -j %sGUARD" if parent == "OUTPUT" else "-A " + parent + " -j %sGUARD") % prefix)
-    L += ["-X %s" % c for c in stale]
-    L.append("COMMIT")
-    return "\n".join(L) + "\n"
-
-
-# --- reading and changing the kernel ------------------------------------------------
-
-def _cmd(run, args, data=None, check=True):
-    rc, out, err = run(args, data=data)
-    if isinstance(out, bytes):
-        out = out.decode("utf-8", "replace")
-    if isinstance(err, bytes):
-        err = err.decode("utf-8", "replace")
-    if check and rc != 0:
-        raise IptablesError("%s failed: %s" % (" ".join(args[:3]), (err or out).strip()))
-    return rc, out, err
-
-
-def save(run, cmd, counters=False):
-    """`iptables-save -t filter` (with counters) of one family, '' when unavailable."""
-    rc, out, _err = _cmd(run, ["%s-save" % cmd, "-t", "filter"] + (["-c"] if counters else []), check=False)
-    return out if rc == 0 else ""
-
-
-def our_chains(saved, prefix=CHAIN_PREFIX):
-    """The guard's chains declared in an iptables-save text: only the names
-    chains() makes, so other TOREXIT-* chains (the firewall role's TOREXIT-INPUT,
-    the ufw backend's TOREXIT-UFW-*) are never taken for ours."""
-    fixed = "|".join(re.escape(n) for n in HEAD_CHAINS + TAIL_CHAINS)
-    pattern = re.compile(r"^:(%s(?:%s|HSHIT-\d+)) " % (re.escape(prefix), fixed))
-    return [m.group(1) for m in map(pattern.match, saved.splitlines()) if m]
-
-
-def digest_of(saved, prefix=CHAIN_PREFIX):
-    m = re.search(r"-A %sGUARD .*--comment \"?%s([0-9a-f]{64})" % (re.escape(prefix), re.escape(DIGEST_TAG)), saved)
-    return m.group(1) if m else None
-
-
-def hooked(saved, prefix=CHAIN_PREFIX, parent="OUTPUT"):
-    return re.search(r"^(\[\d+:\d+\] )?-A %s -j %sGUARD$" % (parent, re.escape(prefix)), saved, re.M) is not None
-
-
-def list_sets(run):
-    """{name: {"type", "header" (dict), "entries" [(key, seconds left or None)]}} of our ipsets."""
-    rc, out, _err = _cmd(run, ["ipset", "list"], check=False)
-    if rc != 0:
-        return {}
-    sets, cur, members = {}, None, False
-    for line in out.splitlines():
-        if line.startswith("Name: "):
-            name = line[6:].strip()
-            cur = {"type": None, "header": {}, "entries": []} if name.startswith(SET_PREFIX) else None
-            if cur is not None:
-                sets[name] = cur
-            members = False
-        elif cur is None:
-            continue
-        elif line.startswith("Type: "):
-            cur["type"] = line[6:].strip()
-        elif line.startswith("Header: "):
-            words = line[8:].split()
-            cur["header"] = dict(zip(words[::2], words[1::2]))
-        elif line.startswith("Members:"):
-            members = True
-        elif members and line.strip():
-            words = line.split()
-            left = int(words[words.index("timeout") + 1]) if "timeout" in words else None
-            cur["entries"].append((words[0], left))
-    return sets
-
-
-def set_matches(spec, live):
-    """Whether a live set was created with the spec's type and options."""
-    if live is None or live["type"] != spec["type"]:
-        return False
-    h = live["header"]
-    if spec["family"] and h.get("family") != spec["family"]:
-        return False
-    for key, value in spec["options"]:
-        if h.get(key) != str(value):
-            return False
-    return True
-
-
-def sets_ok(policy, live):
-    return all(set_matches(spec, live.get(spec["name"])) for spec in ipsets(policy))
-
-
-def ipset_script(policy, live):
-    """`ipset restore` input that brings the sets to the policy: missing sets are
-    created; static sets are refilled through a temporary set and `swap`, so the
-    rules never see a half-filled set; a set created with other options is
-    replaced the same way, carrying over bans and opt-outs with the time they
-    have left (as the nftables backend does)."""
-    lines = []
-    for spec in ipsets(policy):
-        name, header = spec["name"], set_header(spec)
-        cur = live.get(name)
-        if cur is None:
-            lines.append("create %s %s" % (name, header))
-            lines += ["add %s %s" % (name, e) for e in spec.get("elements") or []]
-            continue
-        wanted = spec.get("elements") or []
-        if set_matches(spec, cur) and (not spec["static"] or
-                                       _keys(wanted) == _keys(entry[0] for entry in cur["entries"])):
-            continue
-        tmp = (SET_PREFIX + "tmp_" + name[len(SET_PREFIX):])[:31]
-        lines.append("create %s %s" % (tmp, header))
-        lines += ["add %s %s" % (tmp, e) for e in wanted]
-        if spec.get("keep") or (spec["name"].endswith(("relays_v4", "relays_v6"))):
-            timeout = "timeout" in dict(spec["options"])
-            for key, left in cur["entries"]:
-                if timeout and left:
-                    lines.append("add -exist %s %s timeout %d" % (tmp, key, left))
-                elif not timeout:
-                    lines.append("add -exist %s %s" % (tmp, key))
-        lines.append("swap %s %s" % (tmp, name))
-        lines.append("destroy %s" % tmp)
-    return lines
-
-
-def _keys(elements):
-    """Set elements as comparable keys: ipset lists a port range element as one
-    entry per port and may print addresses in another notation."""
-    out = set()
-    for text in elements:
-        if text.isdigit():
-            out.add(int(text))
-            continue
-        net, _sep, port = text.partition(",")
-        net = ipaddress.ip_network(net, strict=False)
-        if not port:
-            out.add((net, None))
-            continue
-        low, _dash, high = port.split(":", 1)[-1].partition("-")
-        out.update((net, p) for p in range(int(low), int(high or low) + 1))
-    return out
-
-
-def apply_sets(run, policy):
-    lines = ipset_script(policy, list_sets(run))
-    if lines:
-        _cmd(run, ["ipset", "restore"], data="\n".join(lines) + "\n")
-    return bool(lines)
-
-
-def destroy_sets(run, names):
-    """Destroy our sets that are no longer referenced; a set still in use (by the
-    other iptables-based backend) is left."""
-    for name in names:
-        _cmd(run, ["ipset", "destroy", name], check=False)
-
-
-def stale_sets(policy, live):
-    wanted = set(spec["name"] for spec in ipsets(policy))
-    return sorted(n for n in live if n not in wanted)
-
-
-def check(run, cmd, text):
-    _cmd(run, ["%s-restore" % cmd, "--test", "--noflush"], data=text)
-
-
-def restore(run, cmd, text):
-    _cmd(run, ["%s-restore" % cmd, "--noflush"], data=text)
-
-
-def live_state(run, prefix=CHAIN_PREFIX, parents=None):
-    """{fam: (digest, hooked, chains, parent chain exists)} of the loaded rules;
-    `parents` maps the family to the chain holding the hook (default OUTPUT)."""
-    out = {}
-    for fam, _family, _host, cmd in FAMILIES:
-        parent = (parents or {}).get(fam, "OUTPUT")
-        saved = save(run, cmd)
-        out[fam] = (digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
-                    parent == "OUTPUT" or (":%s " % parent) in saved)
-    return out
-
-
-def remove_text(chain_names, hook, prefix=CHAIN_PREFIX, parent="OUTPUT"):
-    """`iptables-restore --noflush` input that unhooks and deletes our chains."""
-    L = ["*filter"]
-    if hook:
-        L.append("-D %s -j %sGUARD" % (parent, prefix))
-    L += [":%s - [0:0]" % c for c in chain_names]
-    L += ["-X %s" % c for c in chain_names]
-    L.append("COMMIT")
-    return "\n".join(L) + "\n"
-
-
-def delete(run, prefix=CHAIN_PREFIX):
-    """Unhook and delete our chains in both families; True when something was removed."""
-    changed = False
-    for _fam, _family, _host, cmd in FAMILIES:
-        saved = save(run, cmd)
-        names = our_chains(saved, prefix)
-        hook = hooked(saved, prefix)
-        if names or hook:
-            restore(run, cmd, remove_text(names, hook, prefix))
-            changed = True
-    return changed
-
-
-def read_state(run, show_bans=False, prefix=CHAIN_PREFIX):
-    """Counters, ban counts and set fill levels, with the keys of guard_nftables.read_state."""
-    counters = dict((name, {"packets": 0, "bytes": 0}) for name in COUNTER_NAMES)
-    digest = None
-    found = False
-    for _fam, _family, _host, cmd in FAMILIES:
-        saved = save(run, cmd, counters=True)
-        if not our_chains(saved, prefix):
-            continue
-        found = True
-        digest = digest or digest_of(saved, prefix)
-        for line in saved.splitlines():
-            m = re.match(r"^\[(\d+):(\d+)\] -A %s\S+ .*--comment \"?([a-z_]+)\"?( |$)" % re.escape(prefix), line)
-            if m and m.group(3) in counters:
-                counters[m.group(3)]["packets"] += int(m.group(1))
-                counters[m.group(3)]["bytes"] += int(m.group(2))
-    if not found:
-        return None
-    fill, bans = {}, {}
-    for name, s in list_sets(run).items():
-        short = name[len(SET_PREFIX):]
-        maxelem = s["header"].get("maxelem")
-        fill[short] = {"elements": len(s["entries"]), "size": int(maxelem) if maxelem else None}
-        if short.startswith("ban_") or short.startswith("optout_"):
-            entry = {"count": len(s["entries"])}
-            if show_bans:
-                entry["entries"] = [{"key": _key_text(k), "expires": left} for k, left in s["entries"]]
-            bans[short] = entry
-    return {"digest": digest, "counters": counters, "sets": fill, "bans": bans}
-
-
-def _key_text(key):
-    """ipset's `198.18.0.0,tcp:22` in the nftables notation `198.18.0.0 . 22`."""
-    if "," in key:
-        addr, port = key.split(",", 1)
-        return "%s . %s" % (addr, port.split(":", 1)[-1])
-    return key
-
-
-# --- files and units that survive a reboot ----------------------------------------
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as common
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_host as host
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables as xt
+
+NAME = "iptables"
+COMMANDS = ["iptables-restore", "ip6tables-restore", "ipset"]
+PRESENT_COMMANDS = []
 
 IPSET_FILE = "/etc/torexit/egress-guard.ipset"
 RULES_FILES = {"v4": "/etc/torexit/egress-guard.iptables", "v6": "/etc/torexit/egress-guard.ip6tables"}
-UNIT = "torexit-egress-guard-iptables.service"
-RELAYS_SCRIPT = "/usr/local/libexec/torexit-guard-relays-ipset"
-RELAYS_UNIT = "torexit-guard-relays-ipset.service"
-RELAYS_TIMER = "torexit-guard-relays-ipset.timer"
-UNIT_DIR = "/etc/systemd/system"
+UNIT = xt.IPTABLES_UNIT
+UNIT_DIR = xt.UNIT_DIR
 
 # netfilter-persistent (iptables-persistent) restores whole tables; like the
 # nftables unit, ours follows it so our chains are loaded again right after.
@@ -541,69 +58,84 @@ ExecStop=-/bin/sh -c 'iptables -D OUTPUT -j TOREXIT-GUARD; ip6tables -D OUTPUT -
 WantedBy=multi-user.target
 """
 
-# Same consensus parsing as the nftables backend's script, written to ipsets
-# through a temporary set and `swap`.
-RELAYS_SCRIPT_TEXT = """\
-#!/bin/sh
-# Managed by torexit.hardening.egress_guard.
-# Load the addresses of all relays in tor's cached consensus into the guard's
-# ipsets torexit_relays_v4/_v6, replacing their contents atomically.
-set -eu
-files=$(ls {globs} 2>/dev/null || true)
-[ -n "$files" ] || exit 0
-ipset list -n torexit_relays_v4 >/dev/null 2>&1 || exit 0
-{{
-  echo "create torexit_tmp_relays_v4 hash:ip family inet maxelem 65536"
-  echo "create torexit_tmp_relays_v6 hash:ip family inet6 maxelem 65536"
-  echo "flush torexit_tmp_relays_v4"
-  echo "flush torexit_tmp_relays_v6"
-  awk '$1 == "r" {{ for (i = 6; i <= 8; i++) if ($i ~ /^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$/) {{ print $i; break }} }}' $files \\
-    | sort -u | sed 's/^/add torexit_tmp_relays_v4 /'
-  awk '$1 == "a" && $2 ~ /^\\[/ {{ sub(/^\\[/, "", $2); sub(/\\]:[0-9]+$/, "", $2); print "add torexit_tmp_relays_v6 " $2 }}' $files | sort -u
-  echo "swap torexit_tmp_relays_v4 torexit_relays_v4"
-  echo "swap torexit_tmp_relays_v6 torexit_relays_v6"
-  echo "destroy torexit_tmp_relays_v4"
-  echo "destroy torexit_tmp_relays_v6"
-}} | ipset -exist restore
-"""
-
-RELAYS_UNIT_TEXT = """\
-# Managed by torexit.hardening.egress_guard
-[Unit]
-Description=torexit.hardening: refresh the egress guard's relay ipsets
-After={after}
-
-[Service]
-Type=oneshot
-ExecStart={relays}
-"""
-
-
-def relays_script():
-    return RELAYS_SCRIPT_TEXT.format(globs=guard_host.CONSENSUS_GLOBS)
-
-
-def relay_files(after_unit):
-    return {
-        RELAYS_SCRIPT: (relays_script(), 0o755),
-        UNIT_DIR + "/" + RELAYS_UNIT: (RELAYS_UNIT_TEXT.format(after=after_unit, relays=RELAYS_SCRIPT), 0o644),
-        UNIT_DIR + "/" + RELAYS_TIMER: (guard_host.RELAYS_TIMER_TEXT.format(what="relay ipsets"), 0o644),
-    }
-
 
 def desired_files(policy, digest):
     """{path: (content, mode)} of everything the iptables backend installs."""
     files = {
-        IPSET_FILE: (ipset_file(policy), 0o600),
-        RULES_FILES["v4"]: (render(policy, digest, "v4"), 0o600),
-        RULES_FILES["v6"]: (render(policy, digest, "v6"), 0o600),
+        IPSET_FILE: (xt.ipset_file(policy), 0o600),
+        RULES_FILES["v4"]: (xt.render(policy, digest, "v4"), 0o600),
+        RULES_FILES["v6"]: (xt.render(policy, digest, "v6"), 0o600),
         UNIT_DIR + "/" + UNIT: (UNIT_TEXT.format(ipset=IPSET_FILE, v4=RULES_FILES["v4"], v6=RULES_FILES["v6"],
-                                                 relays=RELAYS_SCRIPT), 0o644),
+                                                 relays=xt.RELAYS_SCRIPT), 0o644),
     }
     if policy["relay_allowlist"]:
-        files.update(relay_files(UNIT))
+        files.update(xt.relay_files(UNIT))
     return files
 
 
-ALL_PATHS = [IPSET_FILE, RULES_FILES["v4"], RULES_FILES["v6"], UNIT_DIR + "/" + UNIT, RELAYS_SCRIPT,
-             UNIT_DIR + "/" + RELAYS_UNIT, UNIT_DIR + "/" + RELAYS_TIMER]
+ALL_PATHS = [IPSET_FILE, RULES_FILES["v4"], RULES_FILES["v6"], UNIT_DIR + "/" + UNIT] + xt.RELAY_PATHS
+
+
+# --- the backend interface ------------------------------------------------------------
+
+def render(policy, digest):
+    """The rules of both families, as the digest covers them."""
+    return xt.render(policy, digest, "v4") + xt.render(policy, digest, "v6")
+
+
+def desired(policy, digest, env):
+    persist = env.persist and env.systemd
+    units = (UNIT,) + ((xt.RELAYS_TIMER,) if policy["relay_allowlist"] else ())
+    return common.Desired(
+        policy=policy, digest=digest, ruleset=render(policy, digest), view=RULES_FILES["v4"],
+        files=desired_files(policy, digest) if persist else {}, edits={}, units=units if persist else (),
+        paths=tuple(ALL_PATHS) if persist else (), keep=tuple(xt.other_backend_keep(NAME)), rules=None)
+
+
+def live(env, desired):
+    chains = xt.live_state(env.run)
+    sets = xt.ipset_script(desired.policy, xt.list_sets(env.run))
+    shown = "".join(host.read(RULES_FILES[f]) or "" for f in ("v4", "v6")) if desired.files else ""
+    if not shown and chains["v4"].digest:
+        shown = "# loaded chains, policy sha256:%s\n" % chains["v4"].digest
+    loaded = all(c.digest == desired.digest and c.hooked for c in chains.values())
+    return common.Live(loaded=loaded, sets=tuple(sets), shown=shown, extra={}, state=chains)
+
+
+def validate(env, plan):
+    """Create or update the sets the rules name (iptables-restore checks they
+    exist), then test both families' rules without loading them."""
+    dropped = xt.apply_sets(env.run, plan.desired.policy) if plan.live.sets else 0
+    for fam, cmd in xt.FAMILY_COMMANDS:
+        xt.check(env.run, cmd, xt.render(plan.desired.policy, plan.desired.digest, fam))
+    return {"bans_dropped": dropped} if dropped else None
+
+
+def apply(env, plan):
+    d = plan.desired
+    for fam, cmd in xt.FAMILY_COMMANDS:
+        loaded = plan.live.state[fam]
+        stale = [c for c in loaded.names if c not in xt.chains(d.policy)]
+        xt.restore(env.run, cmd, xt.render(d.policy, d.digest, fam, hook=not loaded.hooked, stale=stale))
+    xt.destroy_sets(env.run, xt.stale_sets(d.policy, xt.list_sets(env.run)))
+    xt.refresh_relays(env.run, d.policy)
+
+
+def installed(env):
+    keep = xt.other_backend_keep(NAME)
+    chains = xt.live_state(env.run)
+    loaded = any(c.names or c.hooked for c in chains.values())
+    sets = [] if xt.ufw_block_present() else sorted(xt.list_sets(env.run))
+    shown = "".join(host.read(RULES_FILES[f]) or "" for f in ("v4", "v6")) or ("# loaded chains\n" if loaded else "")
+    return common.Installed(
+        loaded=loaded or bool(sets), paths=tuple(p for p in ALL_PATHS if p not in keep and host.read(p) is not None),
+        edits={}, units=(UNIT,) + (() if keep else (xt.RELAYS_TIMER,)), dirs=(), shown=shown, state=sets)
+
+
+def remove(env, installed):
+    xt.delete(env.run)
+    xt.destroy_sets(env.run, installed.state)
+
+
+def read_state(run, show_bans=False):
+    return xt.read_state(run, show_bans)

@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as common
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_host as host
 from ansible_collections.torexit.hardening.plugins.module_utils.guard_policy import TABLE
 
+NAME = "nftables"
+COMMANDS = ["nft"]
+PRESENT_COMMANDS = []
 FAMILY = "inet"
 QUALIFIED = "%s %s" % (FAMILY, TABLE)
 
@@ -25,25 +31,11 @@ VERDICTS = {
     "drop": "drop",
 }
 
-COUNTERS = [
-    ("guarded_new", "new outbound connections of the guarded user"),
-    ("allowed", "of those, to allow-listed addresses or known relays"),
-    ("blocked_deny", "refused: deny list"),
-    ("blocked_optout", "refused: opt-out from the exit notice"),
-    ("blocked_flood", "refused: destination banned for a flood"),
-    ("blocked_hscan", "refused: prefix and port banned for a horizontal scan"),
-    ("blocked_vscan", "refused: host banned for a vertical scan"),
-    ("detect_flood", "flood detections (bans started)"),
-    ("detect_hscan", "horizontal scan detections (bans started)"),
-    ("detect_vscan", "vertical scan detections (bans started)"),
-    ("seen_full", "first contacts not recorded because the seen set was full"),
-]
-
-FAMILIES = (
-    # (suffix, nft address expression, set type, host prefix length)
-    ("v4", "ip daddr", "ipv4_addr", 32),
-    ("v6", "ip6 daddr", "ipv6_addr", 128),
-)
+# nft address expression and set key type per family
+EXPR = {"v4": "ip daddr", "v6": "ip6 daddr"}
+ADDR = {"v4": "ipv4_addr", "v6": "ipv6_addr"}
+# (family, address expression, key type, host prefix length) as render() uses them
+FAMILIES = tuple((f.name, EXPR[f.name], ADDR[f.name], f.host) for f in common.FAMILIES)
 
 
 def _mask(version, length):
@@ -51,33 +43,54 @@ def _mask(version, length):
     return str(net.netmask)
 
 
-def _rate(count, window):
-    """`count` per `window` seconds as an nft rate with an integer numerator."""
-    for unit, seconds in (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400)):
-        if (count * seconds) % window == 0:
-            return "%d/%s" % (count * seconds // window, unit)
-    return "%d/day" % -(-count * 86400 // window)
-
-
 def _limit(count, window):
-    return "limit rate over %s burst %d packets" % (_rate(count, window), count)
+    return "limit rate over %s burst %d packets" % (common.rate(count, window), count)
 
 
 def ban_sets(policy):
-    """Names, key types and key expressions of the ban sets (docs/guard-sets.md)."""
+    """The ban sets of guard_common.ban_sets with their nft key type and key
+    expression: (name, type, key, detector, ban time)."""
     out = []
-    for fam, expr, typ, host in FAMILIES:
-        out.append(("ban_flood_%s_%d" % (fam, host), "%s . inet_service" % typ,
-                    "%s . tcp dport" % expr, "flood", policy["flood"]["ban_time"]))
-        out.append(("ban_vscan_%s_%d" % (fam, host), typ, expr, "vscan", policy["ban_time"]))
-        for length in policy["horizontal_scan"]["prefixes_" + fam]:
-            out.append(("ban_hscan_%s_%d" % (fam, length), "%s . inet_service" % typ,
-                        "%s & %s . tcp dport" % (expr, _mask(fam, length)), "hscan", policy["ban_time"]))
+    for b in common.ban_sets(policy):
+        expr, typ = EXPR[b.family], ADDR[b.family]
+        if b.detector == "hscan":
+            expr = "%s & %s" % (expr, _mask(b.family, b.length))
+        if b.by_port:
+            typ, expr = typ + " . inet_service", expr + " . tcp dport"
+        out.append((b.name, typ, expr, b.detector, b.ban_time))
     return out
 
 
 def _elements(items):
     return " elements = { %s }" % ", ".join(items) if items else ""
+
+
+def _step(p, verdict, step, fam):
+    """The rules of one step of guard_common.DECISION_ORDER (for one family)."""
+    name = step.name
+    if name == "protocol":
+        return ["meta l4proto != tcp return"]
+    if name == "ct_new":
+        return ["ct state != new return"]
+    if name == "owner":
+        return ['meta skuid != "%s" return' % p["owner"]] if p["owner"] != "any" else []
+    if name == "loopback":
+        return ['oifname "lo" return']
+    if name == "guarded":
+        return ["counter name %s" % step.counter]
+    if name == "detect":
+        return ["jump detect"]
+    expr = EXPR[fam.name]
+    if name in ("allow", "relays"):
+        return ["%s @%s_%s counter name %s return" % (expr, name, fam.name, step.counter)]
+    if name == "deny_port":
+        return ["%s . tcp dport @deny_port_%s counter name %s %s" % (expr, fam.name, step.counter, verdict)]
+    if name in ("deny", "optout"):
+        return ["%s @%s_%s counter name %s %s" % (expr, name, fam.name, step.counter, verdict)]
+    if name == "bans":
+        return ["%s @%s counter name blocked_%s %s" % (key, ban, det, verdict)
+                for ban, _typ, key, det, _time in ban_sets(p) if ban.split("_")[2] == fam.name]
+    raise ValueError("no nftables rule for step %r" % name)
 
 
 def render(policy, digest):
@@ -99,7 +112,7 @@ def render(policy, digest):
     add("delete table %s" % QUALIFIED)
     add("table %s {" % QUALIFIED)
     add('\tcounter policy_id { comment "sha256:%s" }' % digest)
-    for name, comment in COUNTERS:
+    for name, comment in common.COUNTERS:
         add('\tcounter %s { comment "%s" }' % (name, comment))
     add("")
     add("\t# Static lists")
@@ -115,8 +128,8 @@ def render(policy, digest):
                   for d in p["deny"] if d["version"] == ver and d["ports"]]
         add("\tset deny_%s { type %s; flags interval;%s }" % (fam, typ, _elements(plain)))
         add("\tset deny_port_%s { type %s . inet_service; flags interval;%s }" % (fam, typ, _elements(ported)))
-        add("\tset relays_%s { type %s; size 65536; }" % (fam, typ))
-        add("\tset optout_%s { type %s; size 65536; flags interval, timeout; }" % (fam, typ))
+        add("\tset relays_%s { type %s; size %d; }" % (fam, typ, common.RELAYS_SIZE))
+        add("\tset optout_%s { type %s; size %d; flags interval, timeout; }" % (fam, typ, common.OPTOUT_SIZE))
     add("")
     add("\t# Detector state: short-lived, bounded, no payload; keys are destinations only")
     for fam, _expr, typ, _host in FAMILIES:
@@ -138,22 +151,7 @@ def render(policy, digest):
     # The chain where every new outbound connection's fate is decided.
     add("\tchain output {")
     add("\t\ttype filter hook output priority filter; policy accept;")
-    add("\t\tmeta l4proto != tcp return")
-    add("\t\tct state != new return")
-    if p["owner"] != "any":
-        add('\t\tmeta skuid != "%s" return' % p["owner"])
-    add('\t\toifname "lo" return')
-    add("\t\tcounter name guarded_new")
-    for fam, expr, _typ, _host in FAMILIES:
-        add("\t\t%s @allow_%s counter name allowed return" % (expr, fam))
-        add("\t\t%s @relays_%s counter name allowed return" % (expr, fam))
-    for fam, expr, _typ, _host in FAMILIES:
-        add("\t\t%s @deny_%s counter name blocked_deny %s" % (expr, fam, verdict))
-        add("\t\t%s . tcp dport @deny_port_%s counter name blocked_deny %s" % (expr, fam, verdict))
-        add("\t\t%s @optout_%s counter name blocked_optout %s" % (expr, fam, verdict))
-    for name, _typ, key, det, _ban in ban_sets(p):
-        add("\t\t%s @%s counter name blocked_%s %s" % (key, name, det, verdict))
-    add("\t\tjump detect")
+    L += ["\t\t" + rule for rule in common.walk(lambda step, fam: _step(p, verdict, step, fam))]
     add("\t}")
     add("")
     add("\tchain detect {")
@@ -177,7 +175,7 @@ def render(policy, digest):
             "limit rate over %d/second burst %d packets } goto flood_hit_%s"
             % (fam, expr, fl["concurrent"], fam, expr, fl["rate"], fl["burst"], fam))
         add("\t}")
-    for fam, expr, _typ, host in FAMILIES:
+    for fam, expr, _typ, host_len in FAMILIES:
         add("")
         add("\tchain scan_%s {" % fam)
         if p["vertical_scan"]["ports"]:
@@ -199,11 +197,11 @@ def render(policy, digest):
             add("\t\tcounter name detect_hscan %s" % verdict)
             add("\t}")
         add("\tchain vscan_hit_%s {" % fam)
-        add("\t\tadd @ban_vscan_%s_%d { %s }" % (fam, host, expr))
+        add("\t\tadd @ban_vscan_%s_%d { %s }" % (fam, host_len, expr))
         add("\t\tcounter name detect_vscan %s" % verdict)
         add("\t}")
         add("\tchain flood_hit_%s {" % fam)
-        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport }" % (fam, host, expr))
+        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport }" % (fam, host_len, expr))
         add("\t\tcounter name detect_flood %s" % verdict)
         add("\t}")
     add("}")
@@ -212,7 +210,7 @@ def render(policy, digest):
 
 # --- reading and changing the kernel ------------------------------------------------
 
-class NftError(RuntimeError):
+class NftError(common.GuardError):
     pass
 
 
@@ -275,18 +273,21 @@ def set_elements(nftset):
     return out
 
 
-def carry_over(run, names):
+def carry_over(run, sizes):
     """`add element` lines that re-create current bans and opt-outs with the time
-    they have left, so changing thresholds does not lift them."""
-    lines = []
-    for name in names:
+    they have left, so changing thresholds does not lift them, and how many did not
+    fit: `sizes` maps each set to its new size; the bans with the most time left stay."""
+    lines, dropped = [], 0
+    for name, size in sizes.items():
         nftset = list_set(run, name)
         if not nftset:
             continue
-        elems = ["%s timeout %ds" % (key, left) for key, left in set_elements(nftset) if left]
-        if elems:
-            lines.append("add element %s %s { %s }" % (QUALIFIED, name, ", ".join(elems)))
-    return lines
+        kept, lost = common.keep_longest([(key, left) for key, left in set_elements(nftset) if left], size)
+        dropped += lost
+        if kept:
+            lines.append("add element %s %s { %s }" % (QUALIFIED, name,
+                                                       ", ".join("%s timeout %ds" % e for e in kept)))
+    return lines, dropped
 
 
 def check(run, text):
@@ -294,10 +295,55 @@ def check(run, text):
     _nft(run, ["-c", "-f", "-"], data=text)
 
 
-def apply(run, text, keep_sets=()):
-    """Load the ruleset in one transaction, keeping the named sets' elements."""
-    extra = carry_over(run, keep_sets) if keep_sets else []
-    _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra))
+def _loaded_objects(run):
+    """Chains, counters and {set: (size, timeout)} of the loaded table, without set
+    elements (`nft -t`); None without table."""
+    rc, out, _err = _nft(run, ["-t", "-j", "list", "table", FAMILY, TABLE], check=False)
+    if rc != 0:
+        return None
+    objs = json.loads(out).get("nftables", [])
+    return {"chains": [o["chain"]["name"] for o in objs if "chain" in o],
+            "counters": [o["counter"]["name"] for o in objs if "counter" in o],
+            "sets": dict((o["set"]["name"], (o["set"].get("size"), o["set"].get("timeout")))
+                         for o in objs if "set" in o)}
+
+
+def _in_place(text, loaded, kept):
+    """A transaction that replaces the loaded table's rules, counters and sets but
+    leaves the sets in `kept` (bans and opt-outs whose definition is unchanged)
+    untouched: elements the kernel or the opt-out service adds while the new rules
+    are loaded are not lost, and nothing needs to be read and written back."""
+    pre = ["flush chain %s %s" % (QUALIFIED, c) for c in loaded["chains"]]
+    pre += ["delete chain %s %s" % (QUALIFIED, c) for c in loaded["chains"]]
+    pre += ["delete set %s %s" % (QUALIFIED, s) for s in loaded["sets"] if s not in kept]
+    pre += ["delete counter %s %s" % (QUALIFIED, c) for c in loaded["counters"]]
+    body = [line for line in text.split("\n") if line not in ("table %s {}" % QUALIFIED, "delete table %s" % QUALIFIED)]
+    return "\n".join(pre + body)
+
+
+def load(run, text, keep_sets=None):
+    """Load the ruleset in one transaction, keeping the elements of the sets in
+    `keep_sets` ({name: (new size, new timeout or None)}); returns how many did not
+    fit. A kept set whose size and timeout stay is left in place (see _in_place);
+    the others are re-created with their elements read just before. An error never
+    echoes the carried elements (destinations), it counts them."""
+    keep_sets = keep_sets or {}
+    loaded = _loaded_objects(run) if keep_sets else None
+    if loaded:
+        kept = [n for n, want in keep_sets.items() if loaded["sets"].get(n) == want]
+        extra, dropped = carry_over(run, dict((n, want[0]) for n, want in keep_sets.items() if n not in kept))
+        rc, _out, _err = _nft(run, ["-f", "-"], data=_in_place(text, loaded, kept) + "".join(
+            "\n" + line for line in extra) + "\n", check=False)
+        if rc == 0:
+            return dropped
+    # a fresh host, or the in-place load was refused: replace the whole table
+    extra, dropped = carry_over(run, dict((n, want[0]) for n, want in keep_sets.items()))
+    rc, out, err = _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra), check=False)
+    if rc != 0:
+        carried = sum(line.count(" timeout ") for line in extra)
+        raise NftError("nft -f - failed while carrying over %d bans and opt-outs: %s"
+                       % (carried, common.scrub(err or out)))
+    return dropped
 
 
 def delete(run):
@@ -305,6 +351,62 @@ def delete(run):
         _nft(run, ["delete", "table", FAMILY, TABLE])
         return True
     return False
+
+
+# --- the backend interface ------------------------------------------------------------
+
+def desired(policy, digest, env):
+    text = render(policy, digest)
+    persist = env.persist and env.systemd
+    units = (host.GUARD_UNIT,) + ((host.RELAYS_TIMER,) if policy["relay_allowlist"] else ())
+    return common.Desired(
+        policy=policy, digest=digest, ruleset=text, view=host.RULESET,
+        files=host.desired_files(text, policy["relay_allowlist"]) if persist else {}, edits={},
+        units=units if persist else (), paths=tuple(host.ALL_PATHS) if persist else (), keep=(), rules=text)
+
+
+def live(env, desired):
+    digest = live_digest(env.run)
+    shown = host.read(host.RULESET) if desired.files else None
+    if shown is None:
+        shown = "" if digest is None else "# loaded table, policy sha256:%s\n" % digest
+    return common.Live(loaded=digest == desired.digest, sets=(), shown=shown, extra={}, state=digest)
+
+
+def validate(env, plan):
+    try:
+        check(env.run, plan.desired.rules)
+    except NftError as exc:
+        raise NftError("the rendered ruleset does not load: %s" % exc) from None
+
+
+def apply(env, plan):
+    """Load the table, keeping bans and opt-outs, then fill the relay sets; with
+    persist the unit does both when guard_apply starts it."""
+    d = plan.desired
+    if plan.live.loaded or host.GUARD_UNIT in plan.start:
+        return
+    keep = dict((b.name, (d.policy["set_size"], b.ban_time)) for b in common.ban_sets(d.policy))
+    keep.update(optout_v4=(common.OPTOUT_SIZE, None), optout_v6=(common.OPTOUT_SIZE, None))
+    dropped = load(env.run, d.rules, keep_sets=keep)
+    if d.policy["relay_allowlist"]:
+        if d.files:
+            env.run([host.RELAYS_SCRIPT])
+        else:
+            env.run(["/bin/sh", "-s"], data=host.relays_script())
+    return {"bans_dropped": dropped} if dropped else None
+
+
+def installed(env):
+    loaded = table_exists(env.run)
+    return common.Installed(
+        loaded=loaded, paths=tuple(p for p in host.ALL_PATHS if host.read(p) is not None), edits={},
+        units=(host.RELAYS_TIMER, host.GUARD_UNIT), dirs=(os.path.dirname(host.NFTABLES_DROPIN),),
+        shown=host.read(host.RULESET) or ("# loaded table\n" if loaded else ""), state=None)
+
+
+def remove(env, installed):
+    delete(env.run)
 
 
 def read_state(run, show_bans=False):

@@ -75,6 +75,23 @@ BASE = {
 }
 
 
+# Largest (and for set_size smallest) values every backend loads: ipset timeouts end at
+# 2147483 s, hashlimit bursts at 1000000; set_size below 1024 fills within minutes
+# and detection stops. Values beyond them used to wrap around or fail inside nft.
+BOUNDS = {
+    "bandwidth_mbit": (1, 1000000),
+    "scan_window": (1, 86400),
+    "ban_time": (1, 2147483),
+    "set_size": (1024, 16777216),
+    "flood.concurrent": (1, 65535),
+    "flood.rate": (1, 100000),
+    "flood.burst": (1, 1000000),
+    "flood.ban_time": (1, 2147483),
+    "horizontal_scan.hosts": (0, 1000000),
+    "vertical_scan.ports": (0, 65535),
+}
+
+
 class PolicyError(ValueError):
     """Raised for invalid options; the message names the option and the value."""
 
@@ -195,10 +212,13 @@ def _check_ports(option, ports):
             raise PolicyError("%s: port %r is out of range 1-65535" % (option, p))
 
 
-def _positive(option, value, allow_zero=False):
+def _positive(option, value, allow_zero=False, bounds=None):
     if not isinstance(value, int) or value < (0 if allow_zero else 1):
         kind = "non-negative" if allow_zero else "positive"
         raise PolicyError("%s: %r must be a %s integer" % (option, value, kind))
+    low, high = BOUNDS[bounds or option]
+    if not low <= value <= high:
+        raise PolicyError("%s: %r is out of range %d-%d" % (option, value, low, high))
 
 
 def build_policy(params, user_exists=None):
@@ -262,7 +282,7 @@ def build_policy(params, user_exists=None):
             raise PolicyError("horizontal_scan.%s: %r needs one threshold per prefix level %r"
                               % (key, hs[key], hs["prefixes_v4"]))
         for value in hs[key]:
-            _positive("horizontal_scan.%s" % key, value, allow_zero=True)
+            _positive("horizontal_scan.%s" % key, value, allow_zero=True, bounds="horizontal_scan.hosts")
     _positive("vertical_scan.ports", th["vertical_scan"]["ports"], allow_zero=True)
 
     strict_ports = params.get("strict_ports")
@@ -275,6 +295,9 @@ def build_policy(params, user_exists=None):
     if both:
         raise PolicyError("strict_ports and web_ports: port(s) %s are in both" % both)
 
+    if mode == "exitpolicy" and params.get("deny"):
+        raise PolicyError("deny: %r is not used in mode exitpolicy; put static rejects into the "
+                          "tor_exit role's exit policy" % params["deny"])
     allow = [_network("allow[%d]" % i, a) for i, a in enumerate(params.get("allow") or [])]
     deny = [parse_deny("deny[%d]" % i, d) for i, d in enumerate(params.get("deny") or [])]
     for d in deny:

@@ -80,9 +80,7 @@ sets:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as ipt
-from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as nft
-from ansible_collections.torexit.hardening.plugins.module_utils import guard_ufw as ufw
+from ansible_collections.torexit.hardening.plugins.module_utils.guard_apply import BACKENDS
 
 
 def main():
@@ -97,19 +95,15 @@ def main():
     def run(args, data=None):
         return module.run_command(args, data=data, binary_data=True)
 
-    readers = {
-        "nftables": ("nft", lambda: nft.read_state(run, show_bans=module.params["show_bans"])),
-        "iptables": ("iptables-save", lambda: ipt.read_state(run, module.params["show_bans"])),
-        "ufw": ("iptables-save", lambda: ipt.read_state(run, module.params["show_bans"], ufw.CHAIN_PREFIX)),
-    }
+    commands = {"nftables": "nft", "iptables": "iptables-save", "ufw": "iptables-save"}
     wanted = module.params["backend"]
     for backend in (["nftables", "iptables", "ufw"] if wanted == "auto" else [wanted]):
-        command, read = readers[backend]
+        command = commands[backend]
         if not module.get_bin_path(command):
             if wanted == "auto":
                 continue
             module.fail_json(msg="backend: %s - the %s command was not found on this host" % (backend, command))
-        state = read()
+        state = BACKENDS[backend].read_state(run, module.params["show_bans"])
         if state is not None:
             module.exit_json(changed=False, backend=backend, installed=True, **state)
     module.exit_json(changed=False, backend=wanted, installed=False)

@@ -151,3 +151,48 @@ def test_known_relays_are_never_limited(lab, tmp_path):
     assert result["ok"] == 40, result
     stranger = probe(lab, [["198.19.9.%d" % i, 9001] for i in range(1, 21)])
     assert stranger["refused"] > 0, stranger
+
+
+def test_a_malformed_consensus_line_does_not_stop_the_relay_refresh(lab, tmp_path):
+    """One bad address in the consensus is skipped; the others reach the kernel."""
+    import sys
+    sys.path.insert(0, __import__("conftest").TOP + "/.cache/collections")
+    from ansible_collections.torexit.hardening.plugins.module_utils.guard_host import relays_script
+
+    ansible_module(lab.relay, GUARD, BASE)
+    consensus = tmp_path / "cached-microdesc-consensus"
+    consensus.write_text("r a AAAA 2026-11-23 12:00:00 198.18.1.1 9001 0\n"
+                         "r b AAAA 2026-11-23 12:00:00 198.18.999.1 9001 0\n"
+                         "a [2001:db8:1::9]:9001\na [2001:db8:1::zz]:9001\n")
+    script = tmp_path / "relays.sh"
+    script.write_text(relays_script())
+    proc = lab.ns(lab.relay, "sh", str(script), str(consensus))
+    assert "2 malformed entries skipped" in proc.stderr
+    assert "198.18.1.1" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v4").stdout
+    assert "2001:db8:1::9" in nft(lab, "list", "set", "inet", "torexit_guard", "relays_v6").stdout
+
+
+LARGEST = {"scan_window": 86400, "ban_time": 2147483, "set_size": 16777216,
+           "flood": {"concurrent": 65535, "rate": 100000, "burst": 1000000, "ban_time": 2147483},
+           "horizontal_scan": {"hosts_strict": [1000000, 1000000], "hosts_default": [1000000, 1000000],
+                               "hosts_web": [1000000, 1000000]},
+           "vertical_scan": {"ports": 65535}}
+
+
+def test_the_largest_accepted_values_load_and_larger_ones_are_refused_by_name(lab):
+    result = ansible_module(lab.relay, GUARD, dict(BASE, **LARGEST))
+    assert result["changed"] is True and not result.get("failed"), result
+    refused = ansible_module(lab.relay, GUARD, dict(BASE, ban_time=2000000000))
+    assert refused.get("failed") is True and refused["msg"].startswith("ban_time: 2000000000 is out of range"), refused
+
+
+def test_lowering_set_size_below_the_active_bans_keeps_the_longest(lab):
+    ansible_module(lab.relay, GUARD, BASE)
+    elems = ", ".join("198.18.%d.%d timeout %ds" % (i // 250, i % 250 + 1, 600 + i) for i in range(1030))
+    nft(lab, "add", "element", "inet", "torexit_guard", "ban_vscan_v4_32", "{ %s }" % elems)
+    result = ansible_module(lab.relay, GUARD, dict(BASE, set_size=1024))
+    assert result["changed"] is True and result["bans_dropped"] == 6, result
+    listed = nft(lab, "-j", "list", "set", "inet", "torexit_guard", "ban_vscan_v4_32").stdout
+    kept = [e for obj in json.loads(listed)["nftables"] if "set" in obj for e in obj["set"].get("elem", [])]
+    assert len(kept) == 1024
+    assert "198.18.0.1\"" not in listed      # the ban with the least time left is gone

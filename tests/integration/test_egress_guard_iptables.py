@@ -101,3 +101,10 @@ def test_monitor_mode_counts_but_blocks_nothing(lab):
     info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {"backend": "iptables"})
     assert info["counters"]["detect_hscan"]["packets"] >= 1
     assert info["counters"]["blocked_hscan"]["packets"] >= 900
+
+
+def test_the_largest_accepted_values_load(lab):
+    from test_egress_guard import LARGEST
+    # set_size at its default: ipset allocates a hash set's buckets up front
+    result = ansible_module(lab.relay, GUARD, dict(BASE, **dict(LARGEST, set_size=262144)))
+    assert result["changed"] is True and not result.get("failed"), result

@@ -32,14 +32,6 @@ def test_golden(name, params):
         assert text == f.read()
 
 
-@pytest.mark.parametrize("count,window,expected", [
-    (16, 600, "96/hour"), (48, 600, "288/hour"), (60, 60, "1/second"), (90, 60, "90/minute"), (10, 1, "10/second"), (7, 700, "36/hour"),
-    (5, 7000, "62/day"),
-])
-def test_rate_keeps_integer_numerators(count, window, expected):
-    assert gn._rate(count, window) == expected
-
-
 def test_enforce_rejects_and_monitor_only_counts():
     _p, enforce = render()
     _p, monitor = render(mode="monitor")

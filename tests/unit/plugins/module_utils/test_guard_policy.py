@@ -78,6 +78,18 @@ def test_allow_splits_families():
     ({"mode": "block"}, "mode: 'block' is not one of enforce, monitor, exitpolicy"),
     ({"reject_with": "icmp"}, "reject_with: 'icmp' is not one of tcp-reset, icmp-admin-prohibited, drop"),
     ({"scan_window": 0}, "scan_window: 0 must be a positive integer"),
+    # bounds: values beyond what the kernel holds used to wrap around or fail inside nft
+    ({"set_size": 99999999999}, "set_size: 99999999999 is out of range 1024-16777216"),
+    ({"set_size": 1}, "set_size: 1 is out of range 1024-16777216"),
+    ({"flood": {"burst": 4294967296}}, "flood.burst: 4294967296 is out of range 1-1000000"),
+    ({"flood": {"rate": 100001, "burst": 200000}}, "flood.rate: 100001 is out of range 1-100000"),
+    ({"flood": {"concurrent": 65536}}, "flood.concurrent: 65536 is out of range 1-65535"),
+    ({"flood": {"ban_time": 2147484}}, "flood.ban_time: 2147484 is out of range 1-2147483"),
+    ({"ban_time": 2000000000}, "ban_time: 2000000000 is out of range 1-2147483"),
+    ({"scan_window": 86401}, "scan_window: 86401 is out of range 1-86400"),
+    ({"bandwidth_mbit": 1000001}, "bandwidth_mbit: 1000001 is out of range 1-1000000"),
+    ({"horizontal_scan": {"hosts_web": [0, 1000001]}}, "horizontal_scan.hosts_web: 1000001 is out of range 0-1000000"),
+    ({"vertical_scan": {"ports": 65536}}, "vertical_scan.ports: 65536 is out of range 0-65535"),
     ({"allow": ["198.51.100.0/24"], "deny": ["198.51.100.7"]}, "deny: 198.51.100.7/32 overlaps allow entry 198.51.100.0/24"),
 ])
 def test_bad_input_names_option_and_value(params, message):

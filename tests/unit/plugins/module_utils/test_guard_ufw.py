@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as gi
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_ufw as gu
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables as gi
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 BEFORE = """# ufw before.rules (abridged)
@@ -78,8 +78,8 @@ def test_validate_refuses_a_file_without_ufws_chain():
         calls.append(args)
         return 0, "", ""
     with pytest.raises(gu.UfwError, match="ufw6-before-output"):
-        gu.validate(run, "v6", BEFORE)
-    gu.validate(run, "v4", BEFORE)
+        gu.validate_file(run, "v6", BEFORE)
+    gu.validate_file(run, "v4", BEFORE)
     assert calls == [["iptables-restore", "--test"]]
 
 

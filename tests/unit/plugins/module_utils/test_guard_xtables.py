@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as gi
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as gn
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables as gi
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 CASES = [
