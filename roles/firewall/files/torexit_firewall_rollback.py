@@ -1,5 +1,7 @@
 #!/usr/bin/python3
-# {{ ansible_managed }}
+# Copyright: torexit.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Installed by the firewall role as /usr/local/libexec/torexit-firewall-rollback: changes there are overwritten.
 """torexit.hardening firewall role: keep the firewall state from before a change
 and put it back unless the controller confirms the change in time.
 
