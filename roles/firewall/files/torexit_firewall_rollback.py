@@ -240,18 +240,22 @@ def ipset_dynamic(name, create):
     return " timeout " in create + " " or name.startswith(IPSET_PREFIX + "relays_")
 
 
-def ipset_save():
-    if not have("ipset"):
-        return
-    rc, text, _err = run(["ipset", "save"])
-    if rc != 0:
-        return
+def ipset_definitions(text):
+    """Our sets of an `ipset save` text, with the elements of the static ones only."""
     lines = []
     for name, s in ipset_parse(text).items():
         lines.append(s["create"])
         if not ipset_dynamic(name, s["create"]):
             lines += s["adds"]
-    write("ipset", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def ipset_save():
+    if not have("ipset"):
+        return
+    rc, text, _err = run(["ipset", "save"])
+    if rc == 0:
+        write("ipset", ipset_definitions(text))
 
 
 def ipset_restore():
@@ -275,6 +279,10 @@ def ipset_restore():
             batch += ["swap %s %s" % (IPSET_TMP, name), "destroy %s" % IPSET_TMP]
         run(["ipset", "destroy", IPSET_TMP])
         rc, _out, err = run(["ipset", "restore"], data="\n".join(batch) + "\n")
+        if rc != 0 and name in live:
+            # another type now (swap refuses): refill the set in place
+            run(["ipset", "destroy", IPSET_TMP])
+            rc, _out, err = run(["ipset", "-exist", "restore"], data="\n".join(["flush " + name] + s["adds"]) + "\n")
         if rc != 0:
             run(["ipset", "destroy", IPSET_TMP])
             log("ipset: set %s could not be restored (%s)" % (name, err.strip().splitlines()[-1:]), "err")
@@ -299,7 +307,11 @@ def ipset_remove_new():
 def ipt_parse(text):
     """(policies, chain names in order, rules [(chain, rest)]) of a filter table dump."""
     policies, chains, rules = {}, [], []
-    for line in text.splitlines():
+    lines = text.splitlines()
+    if "*filter" in lines:
+        lines = lines[lines.index("*filter"):]
+        lines = lines[:lines.index("COMMIT")] if "COMMIT" in lines else lines
+    for line in lines:
         m = re.match(r"^:(\S+) (\S+)", line)
         if m:
             chains.append(m.group(1))
@@ -441,7 +453,29 @@ def forget():
     shutil.rmtree(DIR, ignore_errors=True)
 
 
+def upgrade_legacy():
+    """A save of the collection's earlier shell version (marker `saved`), made while its
+    timer was armed: keep only what this version keeps, in its format."""
+    if not os.path.exists(os.path.join(DIR, "saved")) or os.path.exists(PENDING):
+        return
+    for table in TABLES:
+        text = read(table + ".nft")
+        if text is not None:
+            write("nft-" + table, nft_definitions(text))
+            os.unlink(os.path.join(DIR, table + ".nft"))
+    text = read("ipset")
+    if text is not None:
+        write("ipset", ipset_definitions(text))
+    for cmd in FAMILIES:
+        text = read(cmd)
+        if text is not None:
+            write(cmd + ".json", json.dumps(ipt_ours(text), indent=1))
+            os.unlink(os.path.join(DIR, cmd))
+    write("pending", "%d\n" % time.time())
+
+
 def restore():
+    upgrade_legacy()
     if not os.path.exists(PENDING) and not os.path.exists(FAILED):
         raise SystemExit("torexit firewall: no rollback is pending (nothing saved in %s)" % DIR)
     run(["systemctl", "stop", TIMER])   # run by hand: the timer must not restore a second time

@@ -307,3 +307,21 @@ def test_nft_restore_failing_elements_name_sets_not_addresses(tmp_path, monkeypa
     assert rb.nft_restore()      # the table itself came back
     assert any("could not be carried over" in m and "ban_vscan_v4_32" in m for m in logged)
     assert not any("198.18.77" in m for m in logged)
+
+
+def test_a_save_of_the_earlier_version_is_cut_down_before_its_restore(tmp_path, monkeypatch):
+    """The earlier shell version saved whole `nft -s list table` texts, a full `ipset save`
+    and full iptables-save dumps, marked `saved`: a restore keeps only what this version keeps."""
+    monkeypatch.setattr(rb, "DIR", str(tmp_path))
+    monkeypatch.setattr(rb, "PENDING", str(tmp_path / "pending"))
+    (tmp_path / "saved").write_text("")
+    (tmp_path / "torexit_guard.nft").write_text(NFT_TABLE)
+    (tmp_path / "ipset").write_text(IPSET_SAVE)
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT DROP [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n"
+    (tmp_path / "iptables").write_text(nat + IPT_BEFORE)
+    rb.upgrade_legacy()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ipset", "iptables.json", "nft-torexit_guard", "pending", "saved"]
+    for p in tmp_path.iterdir():
+        assert "198.18.77" not in p.read_text() and "192.0.2.66" not in p.read_text()
+    assert json.loads((tmp_path / "iptables.json").read_text()) == rb.ipt_ours(IPT_BEFORE)
+    assert rb.ipt_ours(nat + IPT_BEFORE)["policies"]["INPUT"] == "ACCEPT"   # the filter table's, not nat's
