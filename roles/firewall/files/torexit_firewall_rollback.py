@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # Installed by the firewall role as /usr/local/libexec/torexit-firewall-rollback: changes there are overwritten.
