@@ -590,7 +590,8 @@ def _ufw_edit(module, run, new_block):
 def _ufw_write(module, edits):
     for path, old, new in edits.values():
         if new != old:
-            mode = os.stat(path).st_mode & 0o7777
+            # our block holds the allow and deny prefixes: never group-writable or world-readable
+            mode = os.stat(path).st_mode & 0o7777 & ~0o027
             host.write(module, path, new, mode)
 
 
