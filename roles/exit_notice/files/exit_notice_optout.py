@@ -358,7 +358,7 @@ class Guard:
 
 
 class Window:
-    """Events in a rolling hour: at most `limit` kept."""
+    """Times of events in the last rolling hour."""
 
     __slots__ = ("events",)
 
