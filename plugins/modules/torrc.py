@@ -125,7 +125,7 @@ notes:
     the end (tor continues the line, so the next option would become part of this value),
     a C(#) (the start of a comment), or a leading double quote (tor decodes the escapes
     of a quoted string). Blanks at either end are dropped, as tor drops them.
-  - A file holding a NUL byte is refused: tor stops reading there.
+  - A file holding a NUL byte is refused, because tor stops reading at that byte.
   - In check mode on a host without tor, verification is skipped with a warning.
 """
 
