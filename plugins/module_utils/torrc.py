@@ -69,7 +69,7 @@ def unescape(text, pos):
                 cp += 4
             elif nxt in _OCT:
                 cp += 2
-                for _ in range(2):
+                for _digit in range(2):
                     if cp < n and text[cp] in _OCT:
                         cp += 1
             elif nxt in "nrt\"\\'":
@@ -95,7 +95,7 @@ def unescape(text, pos):
         elif nxt in _OCT:
             digits = nxt
             cp += 2
-            for _ in range(2):
+            for _digit in range(2):
                 if text[cp] in _OCT:
                     digits += text[cp]
                     cp += 1
