@@ -6,14 +6,27 @@ A torrc is a list of lines ``Keyword value``; keywords are case-insensitive,
 options such as ExitPolicy or ORPort may repeat and then count in file order,
 ``#`` starts a comment, a trailing backslash continues a line, and
 ``%include PATH`` reads a file or every file of a directory in place.
+
+How tor reads the file is ported from tor's own parser, so that this module
+sees the same options tor sees: ``read_file_to_str`` (src/lib/fs/files.c: every
+carriage return is deleted, a NUL byte ends the text) and
+``parse_config_line_from_str_verbose`` (src/lib/encoding/confline.c) with
+``unescape_string`` (src/lib/encoding/cstring.c) for values in double quotes.
+Values this module writes go out unquoted, so :func:`check_value` refuses every
+character or shape tor would read as more, or less, than the value itself.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import subprocess
+import unicodedata
 
-_COMMENT_RE = re.compile(r"\s+#.*$")
+# TOR_ISSPACE (src/lib/string/compat_ctype.c): space, \t, \n, \v, \f, \r
+TOR_SPACE = " \t\n\v\f\r"
+_HEX = "0123456789abcdefABCDEF"
+_OCT = "01234567"
 
 
 class TorrcError(ValueError):
@@ -23,44 +36,230 @@ class TorrcError(ValueError):
 class Line:
     """One logical torrc line (possibly several physical lines)."""
 
-    __slots__ = ("key", "raw", "value")
+    __slots__ = ("key", "raw", "tor_value", "value")
 
-    def __init__(self, raw, key=None, value=None):
-        self.raw = raw        # text as found, without the final newline
-        self.key = key        # keyword as written, None for comments/blank lines
-        self.value = value    # value without comment, whitespace collapsed
+    def __init__(self, raw, key=None, value=None, tor_value=None):
+        self.raw = raw              # text as found, without the final newline
+        self.key = key              # keyword as written, None for comments/blank lines
+        self.value = value          # tor's value with runs of blanks made one space (None: tor cannot read it)
+        self.tor_value = tor_value  # the value exactly as tor reads it
 
     @property
     def name(self):
         return self.key.lower() if self.key else None
 
 
-def _split(logical):
-    text = logical.strip()
-    if not text or text.startswith("#"):
-        return None, None
-    text = _COMMENT_RE.sub("", text)
-    key, _sep, value = text.partition(" ") if " " in text else text.partition("\t")
-    return key.strip(), " ".join(value.split())
+def unescape(text, pos):
+    """Port of tor's unescape_string: decode the C-style quoted string starting at
+    ``text[pos] == '"'``. Return (value, position after the closing quote), or
+    (None, pos) when tor would refuse it."""
+    n = len(text)
+    cp = pos + 1
+    while True:  # first pass: validate, as tor does
+        c = text[cp] if cp < n else "\0"
+        if c in "\0\n":
+            return None, pos
+        if c == '"':
+            break
+        if c == "\\":
+            nxt = text[cp + 1] if cp + 1 < n else "\0"
+            if nxt in "xX":
+                if not (cp + 3 < n and text[cp + 2] in _HEX and text[cp + 3] in _HEX):
+                    return None, pos
+                cp += 4
+            elif nxt in _OCT:
+                cp += 2
+                for _digit in range(2):
+                    if cp < n and text[cp] in _OCT:
+                        cp += 1
+            elif nxt in "nrt\"\\'":
+                cp += 2
+            else:
+                return None, pos
+        else:
+            cp += 1
+    out, cp = [], pos + 1
+    while text[cp] != '"':  # second pass: decode
+        c = text[cp]
+        if c != "\\":
+            out.append(c)
+            cp += 1
+            continue
+        nxt = text[cp + 1]
+        if nxt in "nrt":
+            out.append({"n": "\n", "r": "\r", "t": "\t"}[nxt])
+            cp += 2
+        elif nxt in "xX":
+            out.append(chr(int(text[cp + 2:cp + 4], 16)))
+            cp += 4
+        elif nxt in _OCT:
+            digits = nxt
+            cp += 2
+            for _digit in range(2):
+                if text[cp] in _OCT:
+                    digits += text[cp]
+                    cp += 1
+            if int(digits, 8) > 255:
+                return None, pos
+            out.append(chr(int(digits, 8)))
+        else:  # ' " \\
+            out.append(nxt)
+            cp += 2
+    return "".join(out), cp + 1
+
+
+def parse_entry(text, pos):
+    """Port of tor's parse_config_line_from_str_verbose at ``text[pos:]``.
+
+    Returns (key, value, next_pos, entry_end, error): key and value are None at
+    the end of the text; next_pos is where tor goes on (comments and blank lines
+    skipped); entry_end is just after the newline that ends this entry; error is
+    tor's message when it refuses the line.
+    """
+    n = len(text)
+    i = pos
+    while True:  # skip blanks and comment lines up to the keyword
+        while i < n and text[i] in TOR_SPACE:
+            i += 1
+        if i < n and text[i] == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        else:
+            break
+    if i >= n:
+        return None, None, i, i, None
+    start = i
+    while i < n and text[i] not in TOR_SPACE and text[i] != "#" and text[i:i + 2] != "\\\n":
+        i += 1
+    key = text[start:i]
+    while i < n and text[i] in " \t":
+        i += 1
+    val = i
+    if i < n and text[i] == '"':
+        value, i = unescape(text, i)
+        if value is None:
+            return key, None, i, _line_end(text, i), "Invalid escape sequence in quoted string"
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == "\r":
+            i += 1
+            if i < n and text[i] == "\n":
+                i += 1
+        if i < n and text[i] not in "#\n":
+            return key, None, i, _line_end(text, i), "Excess data after quoted string"
+        entry_end = _line_end(text, i)
+    else:
+        continuation = False
+        while i < n and text[i] != "\n" and (text[i] != "#" or continuation):
+            if text[i] == "\\" and i + 1 < n and text[i + 1] == "\n":
+                continuation = True
+                i += 2
+            elif text[i] == "#":  # inside a continuation a comment also eats its newline
+                i += 1
+                while i < n and text[i] != "\n":
+                    i += 1
+                if i < n:
+                    i += 1
+            else:
+                i += 1
+        if i < n and text[i] == "\n":
+            cp = i
+            i += 1
+            entry_end = i
+        else:
+            cp = i
+            entry_end = _line_end(text, i)
+        while cp > val and text[cp - 1] in TOR_SPACE:
+            cp -= 1
+        value = text[val:cp]
+        if continuation:
+            value = _join_continued(value)
+    if i < n and text[i] == "#":
+        while i < n and text[i] != "\n":
+            i += 1
+    while i < n and text[i] in TOR_SPACE:
+        i += 1
+    return key, value, i, entry_end, None
+
+
+def _line_end(text, i):
+    """Position just after the newline at or after ``i`` (or the end of the text)."""
+    at = text.find("\n", i)
+    return len(text) if at < 0 else at + 1
+
+
+def _join_continued(value):
+    out, j, n = [], 0, len(value)
+    while j < n:
+        if value[j] == "#":
+            j += 1
+            while j < n and value[j] != "\n":
+                j += 1
+            if j < n:
+                j += 1
+        elif value[j] == "\\" and j + 1 < n and value[j + 1] == "\n":
+            j += 2
+        else:
+            out.append(value[j])
+            j += 1
+    return "".join(out)
+
+
+def tor_text(text):
+    """The text tor's parser gets from a torrc file: CRs deleted, cut at the first NUL."""
+    return text.replace("\r", "").split("\0", 1)[0]
+
+
+def tor_lines(text):
+    """[(key, value)] exactly as tor reads the torrc ``text`` (without %include
+    expansion). Raises TorrcError with tor's message where tor refuses the text."""
+    text = tor_text(text)
+    out, pos = [], 0
+    while True:
+        key, value, pos, _end, error = parse_entry(text, pos)
+        if error:
+            raise TorrcError(f"tor cannot parse the line of {key}: {error}")
+        if key is not None:
+            out.append((key, value))
+        if pos >= len(text):
+            return out
+
+
+def _blanks(value):
+    return re.sub(r"[ \t]+", " ", value.strip(" \t"))
 
 
 def parse(text):
-    """Parse torrc text into a list of Line objects."""
-    lines, pending = [], []
-    for physical in text.splitlines():
-        pending.append(physical)
-        stripped = physical.rstrip()
-        if stripped.endswith("\\") and not stripped.lstrip().startswith("#"):
+    """Parse torrc text into a list of Line objects, as tor groups and reads it.
+
+    Raises TorrcError for a NUL byte: tor stops reading there, so every later
+    line only seems to be in force.
+    """
+    if "\0" in text:
+        row = text[:text.index("\0")].count("\n") + 1
+        raise TorrcError(f"line {row} holds a NUL byte: tor ignores the rest of the file after it; "
+                         "remove it first")
+    clean = text.replace("\r", "")  # tor deletes every CR before it parses
+    raw_rows = text.split("\n")
+    if text.endswith("\n"):
+        raw_rows.pop()
+    starts = [0] + [m.end() for m in re.finditer("\n", clean)]
+    lines, row = [], 0
+    while row < len(raw_rows):
+        body = clean[starts[row]:starts[row + 1] - 1] if row + 1 < len(starts) else clean[starts[row]:]
+        stripped = body.strip(TOR_SPACE)
+        if not stripped or stripped.startswith("#"):
+            lines.append(Line(raw_rows[row]))
+            row += 1
             continue
-        raw = "\n".join(pending)
-        logical = " ".join(p.rstrip().rstrip("\\") for p in pending)
-        key, value = _split(logical)
-        lines.append(Line(raw, key, value))
-        pending = []
-    if pending:  # file ended inside a continuation
-        raw = "\n".join(pending)
-        key, value = _split(" ".join(p.rstrip().rstrip("\\") for p in pending))
-        lines.append(Line(raw, key, value))
+        key, value, _next, entry_end, error = parse_entry(clean, starts[row])
+        if error:  # tor refuses the file; keep the line as it is, known only by its key
+            last, value, tor_value = row, None, None
+        else:
+            last = max(bisect.bisect_right(starts, entry_end - 1) - 1, row)
+            tor_value, value = value, _blanks(value)
+        lines.append(Line("\n".join(raw_rows[row:last + 1]), key, value, tor_value))
+        row = last + 1
     return lines
 
 
@@ -71,15 +270,53 @@ def render(lines):
     return "\n".join(line.raw for line in lines) + "\n"
 
 
+def value_problem(text):
+    """Why tor would read ``Option text`` as something other than ``text``, or None.
+
+    ``text`` has no blanks at either end (tor drops those). Values are written
+    unquoted, so tor's parser takes them literally except for: a newline (the
+    line ends there, the rest becomes an option of its own); a backslash at the
+    end (a continuation: the next line becomes part of this value); ``#`` (a
+    comment start: the rest is dropped, and inside a continuation even the next
+    line is swallowed); a CR (tor deletes every CR before parsing, so ``\\<CR>``
+    would turn into a continuation); a NUL (tor stops reading the file there);
+    a leading ``"`` (a C-style quoted string whose escapes tor decodes).
+    """
+    if "\n" in text:
+        return "holds a newline, which ends the line: the rest would be read as an option of its own " \
+               "(give a list for repeated lines)"
+    if "\r" in text:
+        return "holds a carriage return; tor deletes every CR before parsing, which changes what the line means"
+    if "\0" in text:
+        return "holds a NUL byte; tor stops reading the file there and drops every later line"
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") and char != "\t":
+            return f"holds the control or line-separator character U+{ord(char):04X}"
+    if text.endswith("\\"):
+        return "ends in a backslash, which tor reads as a line continuation: the next line would become " \
+               "part of this value"
+    if "#" in text:
+        return "holds '#', which tor reads as the start of a comment: the rest of the value would be dropped"
+    if text.startswith('"'):
+        return "starts with a double quote, so tor would read a quoted string and decode backslash escapes " \
+               "in it; give the value without quotes"
+    return None
+
+
 def check_value(option, value):
-    """Return the value as one torrc line would hold it, or raise TorrcError."""
+    """Return the value as one torrc line will hold it, or raise TorrcError.
+
+    Blanks at either end are dropped (tor drops them too) and runs of blanks
+    inside become one space; anything tor would read differently is refused,
+    naming the option and the value.
+    """
     if not isinstance(value, str):
         value = str(value)
-    if "\n" in value or "\r" in value:
-        raise TorrcError(f"option {option}: value {value!r} spans several lines; give a list for repeated lines")
-    if re.search(r"(^|\s)#", value):
-        raise TorrcError(f"option {option}: value {value!r} contains ' #', which tor reads as the start of a comment")
-    return " ".join(value.split())
+    text = value.strip(" \t")
+    problem = value_problem(text)
+    if problem:
+        raise TorrcError(f"option {option}: value {value!r} {problem}")
+    return _blanks(text)
 
 
 def check_option(option):

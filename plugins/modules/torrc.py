@@ -118,6 +118,14 @@ notes:
   - A new V(%include) line is put before the first option so that the included files
     come first; tor uses the first matching ExitPolicy line. Other new options are
     appended.
+  - Values are written unquoted, one line each, and read back the way tor reads them
+    (a port of tor's own config parser). A value tor would read as more or less than
+    itself is refused with the option's name and the value, before anything is written -
+    a newline, a carriage return, a NUL byte or another control character, a backslash at
+    the end (tor continues the line, so the next option would become part of this value),
+    a C(#) (the start of a comment), or a leading double quote (tor decodes the escapes
+    of a quoted string). Blanks at either end are dropped, as tor drops them.
+  - A file holding a NUL byte is refused, because tor stops reading at that byte.
   - In check mode on a host without tor, verification is skipped with a warning.
 """
 

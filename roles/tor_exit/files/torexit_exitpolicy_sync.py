@@ -283,7 +283,7 @@ def write_atomic(path, text):
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o640)  # prefixes: root and group debian-tor (the include directory is setgid)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -6,7 +6,12 @@ import importlib.util
 import io
 import ipaddress
 import os
+import socket
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 from urllib.parse import urlencode
 
 import pytest
@@ -20,6 +25,8 @@ _spec.loader.exec_module(optout)
 SECRET = b"k" * 32
 NONCE = "n" * 32
 NOW = 1_700_000_123.0
+# The tests use the lab's reserved ranges, which the service refuses unless allowed
+LAB = [ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8::/32")]
 
 
 # --- addresses ---------------------------------------------------------------
@@ -27,35 +34,79 @@ NOW = 1_700_000_123.0
 @pytest.mark.parametrize("addr, v4, v6, expected", [
     ("198.18.77.1", 32, 128, "198.18.77.1/32"),
     ("198.18.77.1", 24, 128, "198.18.77.0/24"),
-    (" 203.0.113.9 ", 24, 64, "203.0.113.0/24"),
+    (" 198.18.113.9 ", 24, 64, "198.18.113.0/24"),
     ("2001:db8:1:2:3:4:5:6", 32, 128, "2001:db8:1:2:3:4:5:6/128"),
     ("2001:db8:1:2:3:4:5:6", 32, 64, "2001:db8:1:2::/64"),
-    ("::ffff:198.18.77.1", 24, 64, "198.18.77.0/24"),  # v4-mapped counts as IPv4
 ])
 def test_visitor_network(addr, v4, v6, expected):
-    assert optout.visitor_network(addr, v4, v6) == ipaddress.ip_network(expected)
+    assert optout.visitor_network(addr, v4, v6, lab=LAB) == ipaddress.ip_network(expected)
 
 
 @pytest.mark.parametrize("addr", ["127.0.0.1", "::1", "0.0.0.0", "::", "224.0.0.1", "ff02::1",
                                   "169.254.1.1", "fe80::1", "", "not-an-address", "198.18.0.0/24",
-                                  "::ffff:127.0.0.1"])
+                                  "::ffff:127.0.0.1", "::ffff:198.18.77.1"])
 def test_visitor_network_refuses(addr):
     with pytest.raises(ValueError):
-        optout.visitor_network(addr, 24, 64)
+        optout.visitor_network(addr, 24, 64, lab=LAB)
+
+
+# Strings only: no traffic goes anywhere in these tests.
+@pytest.mark.parametrize("addr, reason", [
+    ("10.1.2.3", "private"), ("172.16.5.4", "private"), ("192.168.1.1", "private"),
+    ("100.64.1.1", "CGNAT"), ("100.127.255.254", "CGNAT"),
+    ("192.0.0.9", "IETF"), ("192.0.2.1", "documentation"), ("198.51.100.7", "documentation"),
+    ("203.0.113.9", "documentation"), ("198.18.77.1", "benchmarking"), ("192.88.99.1", "6to4"),
+    ("240.0.0.1", "reserved"), ("255.255.255.255", "broadcast"), ("0.1.2.3", "this-network"),
+    ("127.0.0.1", "loopback"), ("169.254.0.1", "link-local"), ("239.1.2.3", "multicast"),
+    ("::1", "loopback"), ("::", "unspecified"), ("fe80::1", "link-local"), ("ff05::2", "multicast"),
+    ("fd12:3456::1", "ULA"), ("fc00::1", "ULA"), ("fec0::1", "site-local"),
+    ("::ffff:9.9.9.9", "IPv4-mapped"), ("::ffff:127.0.0.1", "IPv4-mapped"), ("::9.9.9.9", "IPv4-compatible"),
+    ("::ffff:0:909:909", "IPv4-translated"),
+    ("64:ff9b::7f00:1", "NAT64"), ("64:ff9b::a00:1", "NAT64"), ("64:ff9b::909:909", "NAT64"),
+    ("64:ff9b:1::1", "NAT64"),
+    ("2002:7f00:1::1", "6to4"), ("2001::1", "IETF"), ("2001:2::1", "IETF"), ("2001:db8::1", "documentation"),
+    ("3fff::1", "documentation"), ("100::1", "reserved"), ("4000::1", "not global unicast"),
+])
+def test_non_global_addresses_are_refused_with_the_reason(addr, reason):
+    with pytest.raises(ValueError, match=reason):
+        optout.visitor_network(addr, 32, 128)
+
+
+@pytest.mark.parametrize("addr", ["fe80::1%eth0", "fe80::1%2", "2a00:1450::1%eth0"])
+def test_scoped_addresses_are_refused(addr):
+    with pytest.raises(ValueError, match="scoped"):
+        optout.visitor_network(addr, 32, 128, lab=[ipaddress.ip_network("::/0")])
+
+
+def test_global_addresses_are_accepted_without_a_lab_list():
+    assert str(optout.visitor_network("9.9.9.9", 24, 64)) == "9.9.9.0/24"
+    assert str(optout.visitor_network("2a00:1450:4001::5", 32, 64)) == "2a00:1450:4001::/64"
+
+
+def test_the_lab_list_lifts_special_ranges_but_never_the_hard_ones():
+    lab = [ipaddress.ip_network(n) for n in ("198.18.0.0/15", "127.0.0.0/8", "::/0", "0.0.0.0/0")]
+    assert str(optout.visitor_network("198.18.77.1", 32, 128, lab=lab)) == "198.18.77.1/32"
+    assert str(optout.visitor_network("fd00::1", 32, 64, lab=lab)) == "fd00::/64"
+    for addr, reason in (("127.0.0.1", "loopback"), ("::ffff:198.18.77.1", "IPv4-mapped"),
+                         ("64:ff9b::c612:4d01", "NAT64"), ("169.254.9.9", "link-local")):
+        with pytest.raises(ValueError, match=reason):
+            optout.visitor_network(addr, 32, 128, lab=lab)
+    with pytest.raises(ValueError, match="benchmarking"):  # only inside the lab list
+        optout.visitor_network("198.18.77.1", 32, 128, lab=[ipaddress.ip_network("198.19.0.0/16")])
 
 
 def test_visitor_network_refuses_odd_prefix():
     with pytest.raises(ValueError, match="prefix length 16"):
-        optout.visitor_network("198.18.77.1", 16, 128)
+        optout.visitor_network("198.18.77.1", 16, 128, lab=LAB)
 
 
 def test_visitor_network_honours_never_list():
     never = [ipaddress.ip_network("198.18.77.128/25"), ipaddress.ip_network("2001:db8::/32")]
-    assert str(optout.visitor_network("198.18.77.1", 32, 128, never)) == "198.18.77.1/32"
+    assert str(optout.visitor_network("198.18.77.1", 32, 128, never, LAB)) == "198.18.77.1/32"
     with pytest.raises(ValueError, match="protected"):
-        optout.visitor_network("198.18.77.1", 24, 128, never)  # the /24 covers the /25
+        optout.visitor_network("198.18.77.1", 24, 128, never, LAB)  # the /24 covers the /25
     with pytest.raises(ValueError, match="protected"):
-        optout.visitor_network("2001:db8::5", 32, 128, never)
+        optout.visitor_network("2001:db8::5", 32, 128, never, LAB)
 
 
 # --- tokens --------------------------------------------------------------------
@@ -131,6 +182,7 @@ class FakeNft:
 def make_app(nft=None, **kwargs):
     nft = nft or FakeNft()
     kwargs.setdefault("clock", lambda: NOW)
+    kwargs.setdefault("lab", LAB)
     app = optout.OptOutApp(optout.Guard(run=nft), SECRET, **kwargs)
     return app, nft
 
@@ -405,7 +457,7 @@ def test_no_set_and_no_programs_gives_503():
     def missing(cmd, **kwargs):
         raise FileNotFoundError(cmd[0])
 
-    app = optout.OptOutApp(optout.Guard(run=missing), SECRET, clock=lambda: NOW)
+    app = optout.OptOutApp(optout.Guard(run=missing), SECRET, clock=lambda: NOW, lab=LAB)
     status, _ignored, text = call(app, HTTP_X_REAL_IP="198.18.77.1")
     assert status == "503 Service Unavailable" and "egress guard" in text
     only_v6 = FakeIpset(sets=("torexit_optout_v6",))
@@ -418,3 +470,149 @@ def test_timeout_beyond_ipsets_limit_refused():
     with pytest.raises(SystemExit):
         optout.parse_args(["--timeout", str(optout.IPSET_MAX_TIMEOUT + 1)])
     assert optout.parse_args(["--timeout", str(optout.IPSET_MAX_TIMEOUT), "--ipset", "/sbin/ipset"]).ipset == "/sbin/ipset"
+
+
+# --- limits: one client cannot shut the opt-out off for everybody ---------------
+
+def post_fresh(app, addr, **headers):
+    cookie, token, _ignored = get_form(app, addr=addr)
+    return post(app, cookie, token, addr=addr, **headers)
+
+
+def test_one_address_repeating_uses_up_only_its_own_attempts():
+    """The reported attack: one address posting again and again (a few hundred an hour
+    pass nginx) used to count against the global cap and closed the opt-out for all."""
+    app, nft = make_app(max_per_hour=2, per_address=5)
+    statuses = [post_fresh(app, "198.18.77.1")[0] for _round in range(40)]
+    assert statuses[:5] == ["200 OK"] * 5 and set(statuses[5:]) == {"429 Too Many Requests"}
+    status, _ignored, text = post_fresh(app, "198.18.77.1")
+    assert "Too many attempts from your address" in text
+    adds = [cmd for cmd in nft.calls if cmd[1] == "add"]
+    assert len(adds) == 5  # the refused ones never reached nft
+    assert post_fresh(app, "198.18.78.1")[0] == "200 OK"  # somebody else: still possible
+    assert sorted(nft.sets["optout_v4"]) == ["198.18.77.1/32", "198.18.78.1/32"]
+
+
+def test_rotating_ipv6_addresses_of_one_64_share_its_allowance():
+    app, nft = make_app(max_per_hour=1000, per_address=5, per_network=10)
+    statuses = [post_fresh(app, f"2001:db8:1:2::{n:x}")[0] for n in range(1, 41)]
+    assert statuses[:10] == ["200 OK"] * 10 and set(statuses[10:]) == {"429 Too Many Requests"}
+    assert len(nft.sets["optout_v6"]) == 10
+    assert post_fresh(app, "2001:db8:1:3::1")[0] == "200 OK"  # the next /64 is somebody else
+
+
+def test_the_global_cap_counts_new_opt_outs_only():
+    app, nft = make_app(max_per_hour=2, per_address=50)
+    for _round in range(10):  # repeats of an opt-out in force: not new
+        assert post_fresh(app, "198.18.77.1")[0] == "200 OK"
+    assert post_fresh(app, "198.18.78.1")[0] == "200 OK"   # the second new one
+    status, _ignored, text = post_fresh(app, "198.18.79.1")  # the third new one in the hour
+    assert status == "429 Too Many Requests" and "Too many opt-outs in the last hour" in text
+    assert sorted(nft.sets["optout_v4"]) == ["198.18.77.1/32", "198.18.78.1/32"]
+
+
+def test_failed_opt_outs_do_not_count_towards_the_global_cap():
+    nft = FakeNft()
+    original = nft.__call__
+
+    def broken(cmd, **kwargs):
+        if cmd[1] == "add":
+            return subprocess.CompletedProcess(cmd, 1, "", "set is full")
+        return original(cmd, **kwargs)
+
+    app, _ignored = make_app(nft, max_per_hour=1)
+    app.guard.run = broken
+    assert [post_fresh(app, f"198.18.77.{n}")[0] for n in (1, 2, 3)] == ["500 Internal Server Error"] * 3
+    app.guard.run = nft
+    assert post_fresh(app, "198.18.77.4")[0] == "200 OK"
+    assert post_fresh(app, "198.18.77.5")[0] == "429 Too Many Requests"
+
+
+def test_forged_posts_do_not_use_up_the_victims_attempts():
+    """A cross-site page can make the victim's browser post without the cookie; that
+    must not lock the victim out of the opt-out."""
+    app, _ignored = make_app(per_address=2)
+    for _round in range(20):
+        status, _ignored, _ignored = post(app, "", "1.x", addr="198.18.77.1", HTTP_ORIGIN="https://evil.example")
+        assert status == "403 Forbidden"
+    assert post_fresh(app, "198.18.77.1")[0] == "200 OK"
+
+
+def test_an_hour_later_the_allowances_are_back():
+    clock = [1000.0]
+    limits = optout.Limits(global_limit=1, per_address=1, clock=lambda: clock[0])
+    app, _ignored = make_app(limits=limits)
+    assert post_fresh(app, "198.18.77.1")[0] == "200 OK"
+    assert post_fresh(app, "198.18.77.1")[0] == "429 Too Many Requests"   # its own attempt
+    assert post_fresh(app, "198.18.77.2")[0] == "429 Too Many Requests"   # the global cap
+    clock[0] += 3600
+    assert post_fresh(app, "198.18.77.2")[0] == "200 OK"
+
+
+def test_limits_keep_a_bounded_number_of_hashed_keys_only():
+    limits = optout.Limits(global_limit=10, per_address=1, max_keys=8)
+    for n in range(1, 50):
+        assert limits.attempt(ipaddress.ip_address(f"2001:db8:{n:x}::1"))
+    assert len(limits.visitors) <= 8
+    held = b"".join(limits.visitors)
+    for n in range(1, 50):
+        addr = ipaddress.ip_address(f"2001:db8:{n:x}::1")
+        assert addr.packed not in held and addr.packed[:8] not in held
+    assert all(len(key) == 16 for key in limits.visitors)
+
+
+def test_ban_visitor_path_has_the_same_address_checks_and_limits():
+    app, nft = make_app(ban_visitors=True, max_per_hour=2, per_address=3)
+
+    def ban(addr):
+        return call(app, path="/ban-visitor", HTTP_X_REAL_IP=addr)[0]
+
+    for addr in ("127.0.0.1", "10.0.0.1", "100.64.0.1", "::ffff:198.18.77.1", "64:ff9b::7f00:1", "fe80::1%eth0"):
+        assert ban(addr) == "400 Bad Request"
+    assert [ban("198.18.77.1") for _round in range(6)] == ["204 No Content"] * 3 + ["429 Too Many Requests"] * 3
+    assert ban("198.18.78.1") == "204 No Content"
+    assert ban("198.18.79.1") == "429 Too Many Requests"  # a third new one in the hour
+    assert sorted(nft.sets["optout_v4"]) == ["198.18.77.1/32", "198.18.78.1/32"]
+    adds = [cmd for cmd in nft.calls if cmd[1] == "add"]
+    assert len(adds) == 4
+
+
+def test_new_arguments():
+    args = optout.parse_args(["--per-address", "3", "--per-network", "7", "--lab-network", "198.18.0.0/15",
+                              "--socket-timeout", "2.5", "--max-threads", "8"])
+    assert (args.per_address, args.per_network, args.socket_timeout, args.max_threads) == (3, 7, 2.5, 8)
+    assert args.lab_network == [ipaddress.ip_network("198.18.0.0/15")]
+    for bad in (["--per-address", "0"], ["--per-network", "-1"], ["--max-threads", "0"], ["--socket-timeout", "0"]):
+        with pytest.raises(SystemExit):
+            optout.parse_args(bad)
+
+
+# --- the server: slow clients do not hold threads (loopback only) --------------
+
+def test_slow_clients_are_dropped_and_threads_are_capped():
+    app, _ignored = make_app()
+    server = optout.make_server("127.0.0.1", 0, app, socket_timeout=1.0, max_threads=2)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _n in range(2)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        started = time.monotonic()
+        assert extra.recv(1) == b""                     # over the cap: closed at once
+        assert time.monotonic() - started < 0.9
+        for conn in idle:                                # silent clients: dropped after the timeout
+            assert conn.recv(1) == b""
+        assert time.monotonic() - started < 4
+        for conn in idle + [extra]:
+            conn.close()
+        time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing-here", timeout=5) as _resp:
+            pass
+    except urllib.error.HTTPError as exc:               # the slots are free again: a real answer
+        assert exc.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
