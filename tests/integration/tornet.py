@@ -98,6 +98,14 @@ def netns_names():
     return [line.split()[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines() if line.strip()]
 
 
+def user_exists(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -501,12 +509,11 @@ class TorNet:
 
     # -- the client's exit choice -------------------------------------------------------
     def pin(self, node):
+        """Only `node` as exit; tor marks existing circuits unusable when ExitNodes changes."""
         self._client_ctl.cmd("SETCONF ExitNodes=%s StrictNodes=1" % node.fingerprint)
-        self.new_circuits()
 
     def unpin(self):
         self._client_ctl.cmd("RESETCONF ExitNodes StrictNodes")
-        self.new_circuits()
 
     def new_circuits(self):
         """Fresh circuits for new streams (SIGNAL NEWNYM marks the old ones dirty)."""
@@ -571,7 +578,32 @@ class TorNet:
         if os.path.exists(self.exitpolicy_file):
             os.unlink(self.exitpolicy_file)
             os.kill(self.hx.pid, signal.SIGHUP)
-            time.sleep(1.0)
+            t0 = time.monotonic()
+            while any(x.startswith("reject 198.") for x in self.exit_policy_in_effect()):
+                if time.monotonic() - t0 > 10:
+                    raise TimeoutError("hx kept the guard's rejects 10 s after a reload")
+                time.sleep(0.05)
+
+    def exit_policy_in_effect(self):
+        """hx's exit policy as tor applies it to new streams: the policy of its own
+        router descriptor (GETINFO exit-policy/full), which tor rebuilds shortly
+        after a reload (measured: not within 40 ms, within 2 s)."""
+        ctl = self.hx_control()
+        try:
+            return ctl.getinfo("exit-policy/full").splitlines()
+        finally:
+            ctl.close()
+
+    def wait_exit_policy(self, line, timeout=10.0, present=True):
+        """Seconds until `line` (e.g. "reject 198.18.1.0/24:22") is (or is no longer)
+        in hx's effective exit policy; bounded by `timeout`."""
+        t0 = time.monotonic()
+        while (line in self.exit_policy_in_effect()) != present:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError("hx exit policy: %r still %s after %.0f s"
+                                   % (line, "missing" if present else "present", timeout))
+            time.sleep(0.05)
+        return time.monotonic() - t0
 
     def exitpolicy_lines(self):
         try:
@@ -588,15 +620,24 @@ SOCKS_REPLY = {0: "ok", 1: "general", 2: "not_allowed", 3: "net_unreachable", 4:
 HDR = struct.Struct("!IIH")   # the lab server's request header (tests/bench/server.py)
 
 
-async def socks_open(port, host, dport, timeout):
-    """Open a stream; returns (outcome, reader, writer); outcome "ok" or why not."""
+async def socks_open(port, host, dport, timeout, user=None):
+    """Open a stream; returns (outcome, reader, writer); outcome "ok" or why not.
+    `user`: a SOCKS username; tor isolates streams of different users on
+    different circuits (IsolateSOCKSAuth), as for separate Tor users."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
     except (OSError, asyncio.TimeoutError):
         return "socks_down", None, None
     try:
-        writer.write(b"\x05\x01\x00")
-        await asyncio.wait_for(reader.readexactly(2), timeout)
+        if user:
+            name = user.encode()
+            writer.write(b"\x05\x01\x02")
+            await asyncio.wait_for(reader.readexactly(2), timeout)
+            writer.write(b"\x01" + bytes([len(name)]) + name + b"\x01x")
+            await asyncio.wait_for(reader.readexactly(2), timeout)
+        else:
+            writer.write(b"\x05\x01\x00")
+            await asyncio.wait_for(reader.readexactly(2), timeout)
         writer.write(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", dport))
         head = await asyncio.wait_for(reader.readexactly(10), timeout)
         outcome = SOCKS_REPLY.get(head[1], "reply_%d" % head[1])
@@ -610,11 +651,11 @@ async def socks_open(port, host, dport, timeout):
     return outcome, reader, writer
 
 
-async def socks_request(port, host, dport, timeout=20.0, up=64, down=256, rtts=0):
+async def socks_request(port, host, dport, timeout=20.0, up=64, down=256, rtts=0, user=None):
     """One request through Tor to the lab server: connect, upload `up` bytes, read
     `down` bytes. Returns "ok" or the failure."""
     t_end = time.monotonic() + timeout
-    outcome, reader, writer = await socks_open(port, host, dport, timeout)
+    outcome, reader, writer = await socks_open(port, host, dport, timeout, user)
     if outcome != "ok":
         return outcome
     try:
@@ -635,24 +676,32 @@ async def socks_request(port, host, dport, timeout=20.0, up=64, down=256, rtts=0
 
 
 async def socks_many(port, pairs, concurrency=20, rate=None, seconds=60.0, timeout=20.0, up=64, down=256,
-                     rtts=0, connect_only=False):
+                     rtts=0, connect_only=False, users=False, attempts=1):
     """Requests to (host, port) pairs, at most `concurrency` at once and `rate` new
     ones per second, all within `seconds`. Returns counts per outcome, how many were
     tried and, per outcome, the time (s from start) it first occurred. Destinations
-    are not kept."""
+    are not kept. users=True: each request as a different Tor user (own circuit);
+    attempts > 1: a failed request is tried again on a new circuit (a new SOCKS
+    username), as a user clicks "New circuit for this site"; counts["retried"]."""
     sem = asyncio.Semaphore(concurrency)
     counts, first = {}, {}
     t0 = time.monotonic()
     tasks = []
 
-    async def one(host, dport, started):
+    async def one(host, dport, user):
         try:
-            if connect_only:
-                outcome, _r, w = await socks_open(port, host, dport, timeout)
-                if w:
-                    w.close()
-            else:
-                outcome = await socks_request(port, host, dport, timeout, up, down, rtts)
+            for attempt in range(attempts):
+                name = "%s-%d" % (user, attempt) if user and attempt else user
+                if connect_only:
+                    outcome, _r, w = await socks_open(port, host, dport, timeout, name)
+                    if w:
+                        w.close()
+                else:
+                    outcome = await socks_request(port, host, dport, timeout, up, down, rtts, name)
+                if outcome == "ok":
+                    break
+                if attempt + 1 < attempts:
+                    counts["retried"] = counts.get("retried", 0) + 1
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome not in first:
                 first[outcome] = round(time.monotonic() - t0, 3)
@@ -667,7 +716,7 @@ async def socks_many(port, pairs, concurrency=20, rate=None, seconds=60.0, timeo
         if time.monotonic() - t0 > seconds:
             break
         await sem.acquire()
-        tasks.append(asyncio.ensure_future(one(host, dport, time.monotonic() - t0)))
+        tasks.append(asyncio.ensure_future(one(host, dport, "user%d" % i if users else None)))
     if tasks:
         await asyncio.wait(tasks, timeout=timeout + 5)
     return {"tried": len(tasks), "counts": counts, "first_s": first, "elapsed_s": round(time.monotonic() - t0, 2)}
