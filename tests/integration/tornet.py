@@ -566,11 +566,14 @@ class TorNet:
             raise RuntimeError("exitpolicy sync failed: %s" % r.stderr.strip()[-800:])
         return r.stdout.strip()
 
-    def start_sync_timer(self, interval=60.0, max_runs=60):
-        """The role's timer (OnUnitActiveSec=1min): the sync every `interval` seconds,
-        at most `max_runs` times; first run one interval from now (OnBootSec)."""
-        loop = ("i=0; while [ $i -lt %d ]; do sleep %s; %s; i=$((i+1)); done"
-                % (max_runs, interval, " ".join(self.sync_command())))
+    def start_sync_timer(self, interval=60.0, first_delay=None, max_runs=60):
+        """The role's timer (OnBootSec=1min, OnUnitActiveSec=1min): the sync every
+        `interval` seconds, at most `max_runs` times; the first run after
+        `first_delay` (default one interval; a timer running since boot has a
+        random phase). Stop it with stop(proc)."""
+        first = interval if first_delay is None else first_delay
+        loop = ("sleep %.3f; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); sleep %s; done"
+                % (first, max_runs, " ".join(self.sync_command()), interval))
         return self.spawn("sh", "-c", loop, env=self.sync_env(), log=os.path.join(self.work, "sync.log"))
 
     def clear_exitpolicy(self):
