@@ -173,6 +173,11 @@ def _reach(r, n):
     return "%d of %d streams reached (%.2f%% of tor-none)" % (a, att, p), p
 
 
+def _budget(r, n):
+    a = g(r, "sweep", "arrived")
+    return ("n/a", None) if a is None else ("%d connections" % a, a)
+
+
 def _secs(key):
     def f(r, n):
         v = g(r, "sweep", key)
@@ -198,8 +203,10 @@ def _max22(r, n):
 ROWS = [
     ("tor_sweep_reach", "through Tor, pinned to the hardened exit: sweep :22 over a /16, %d streams/s, %d s: "
      "connections reaching the /16 (%% of tor-none, per stream)" % (SWEEP_RATE, SWEEP_SECONDS),
-     "enforce ≤ 0.5%, exitpolicy ≤ 1%", _reach,
-     {"tor-enforce": lambda x: x is not None and x <= 0.5, "tor-exitpolicy": lambda x: x is not None and x <= 1.0}),
+     "exitpolicy ≤ 1%", _reach, {"tor-exitpolicy": lambda x: x is not None and x <= 1.0}),
+    ("tor_sweep_budget", "that sweep: connections reaching the /16 (budget of the namespace bench: 0.5% of its "
+     "60,000 SYNs; through Tor the sweep is slower, so a percentage would judge the detection threshold)",
+     "enforce ≤ 300", _budget, {"tor-enforce": lambda x: x is not None and x <= 300}),
     ("tor_max22", "that sweep: most distinct hosts reached in one /22", "≤ 64", _max22,
      {"tor-enforce": lambda x: x is not None and x <= 64, "tor-exitpolicy": lambda x: x is not None and x <= 64}),
     ("tor_detect", "time from sweep start to the guard's detection (counter, polled every 20 ms)", "info",
