@@ -6,6 +6,9 @@
                         backends (guard = nftables, guard-iptables, guard-ufw)
     bench.py --quick    short sweep + short upload, none vs guard (< 60 s)
     bench.py --variant none --variant guard-ufw    a subset
+    bench.py --scenario tor    only the rows through a private Tor network
+                        (tests/bench/torbench.py, ~7 min): results/bench/bench-tor.*
+                        The full bench runs them after the namespace rows.
 
 Exit code: 0 when every guard variant meets every target, 1 otherwise.
 All numbers in the outputs come from counters read during this run.
@@ -490,7 +493,9 @@ def main():
     ap.add_argument("--variant", action="append", default=[],
                     help="run only this variant (repeatable): none, seed-hashlimit, seed-recent, guard "
                          "(nftables), guard-iptables, guard-ufw; default: all of them")
-    ap.add_argument("--scenario", action="append", default=[], help="run only this scenario (repeatable)")
+    ap.add_argument("--scenario", action="append", default=[],
+                    help="run only this scenario (repeatable): cpu, sweep, flood, benign, fill, "
+                         "or tor (the rows through a private Tor network)")
     ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
@@ -501,8 +506,20 @@ def main():
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces)", file=sys.stderr)
         return 2
+    # the tor rows: with --scenario tor, or in the full bench (not --quick, not --variant)
+    only_tor = bool(args.scenario) and set(args.scenario) == {"tor"}
+    tor = not args.quick and not args.variant and (not args.scenario or "tor" in args.scenario)
+    args.scenario = [s for s in args.scenario if s != "tor"]
     try:
-        return run(args)
+        rc = 0 if only_tor else run(args)
+        if tor:
+            import torbench
+            why = torbench.available()
+            if why:
+                print("tor rows skipped: %s" % why)
+            else:
+                rc = torbench.run(args.out) or rc
+        return rc
     except KeyboardInterrupt:
         print("bench: interrupted; namespaces removed", file=sys.stderr)
         return 130

@@ -29,6 +29,8 @@ cleanup() {
   done
   # lab copies of ufw's files (variant guard-ufw, tests/bench/ufwlab.py)
   rm -rf -- "${TMPDIR:-/tmp}/${prefix}ufw-"*
+  # the private Tor network of the tor rows (tornet-* of runs whose owner is gone)
+  "$py" tests/integration/tornet.py --cleanup-stale >/dev/null 2>&1
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
