@@ -706,7 +706,7 @@ class Instance:
 
     def __init__(self, control, torrc=None, unit=None, connect=Control):
         self.path, self.torrc, self.unit, self.connect_to = control, torrc, unit, connect
-        self.conn, self.base, self.next_try = None, None, 0.0
+        self.conn, self.base, self.next_try, self.failing = None, None, 0.0, False
 
     def drop(self):
         if self.conn:
@@ -743,17 +743,21 @@ class Instance:
                 if not self.learn_base(ours):
                     raise ControlError("tor's ExitPolicy does not hold the guard file's lines after a reload")
             self.conn.events = []
+            self.failing = False
             return True
         except (OSError, ControlError) as exc:
-            log(f"{self.path}: {exc}; updating tor by reload until the control socket answers")
+            if not self.failing:  # once, not every retry
+                log(f"{self.path}: {exc}; updating tor by reload until the control socket answers")
+            self.failing = True
             self.drop()
             return False
 
 
 class Batcher:
-    """When tor may be told next. A change after a quiet spell goes out at once; while
-    changes keep coming, the gap to the next update doubles from `low` to `high`
-    seconds; after `high` seconds without an update the next one is immediate again."""
+    """When tor may be told next. A change goes out at once when the gap since the last
+    update has passed: the first one after a quiet spell at once. While changes keep
+    coming (an update less than `high` seconds after the gap allowed it), the gap
+    doubles from `low` up to `high` seconds; after a quiet spell it is `low` again."""
 
     def __init__(self, low, high):
         self.low, self.high = low, high
@@ -766,7 +770,7 @@ class Batcher:
         return 0.0 if self.due(now) else self.last + self.gap - now
 
     def done(self, now):
-        busy = self.last is not None and now - self.last < self.high
+        busy = self.last is not None and now - (self.last + self.gap) < self.high
         self.gap = min(max(self.gap * 2, self.low), self.high) if busy else self.low
         self.last = now
 
