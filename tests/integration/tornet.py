@@ -1,0 +1,707 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A private Tor network in the lab (TestingTorNetwork), for tests and the bench.
+
+    with TorNet() as net:            # ~1 minute until a stream crosses each exit
+        net.apply_guard("enforce")   # the egress guard, real default owner debian-tor
+        net.pin(net.hx)              # client: ExitNodes = the hardened exit
+        await socks_request(net.socks, "198.18.3.4", 22)
+
+Topology (recipe and pitfalls: ../shared/lab-notes.md "Tor and friends"):
+- namespace <prefix>relay holds every tor process on 127.0.0.1: 3 directory
+  authorities, 2 exits, 1 client (SocksPort 9050, ControlPort 9051);
+- namespace <prefix>net is the lab's "internet" of tests/bench/lab.py: local routes
+  for 198.18.0.0/15 (and 244.0.0.0/6, 2001:db8::/33), its server on ports 22, 80,
+  443, 3389 and 200 high ports, and SYN counters per address range.
+- `hx`, the exit hardened by the collection: tor runs as debian-tor (User
+  debian-tor), so the guard applied with its real default owner sees exactly its
+  connections; its torrc reads `%include <dir>/torrc.d/` first, where the real
+  sync program (roles/tor_exit/files/torexit_exitpolicy_sync.py) writes the rejects,
+  with a control socket and cookie like Debian's tor service. `px`, a plain exit
+  running as root: the guard (owner debian-tor) never sees its connections.
+
+Exit traffic only reaches the internet namespace, which answers for reserved
+ranges; nothing else is reachable. Cleanup: tor and helper processes by PID,
+both namespaces, the work directory; a run whose owner died is cleaned up by the
+next one (`python3 tornet.py --cleanup-stale`). Names start with `tornet-`.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(TOP, "tests", "bench"))
+import lab as L  # noqa: E402  (the bench's namespaces, server and counters)
+import variants as V  # noqa: E402  (the bench's way of running the guard module)
+
+SYNC = os.path.join(TOP, "roles", "tor_exit", "files", "torexit_exitpolicy_sync.py")
+TOR_USER = "debian-tor"
+UNIT = "tor@default.service"          # what the role names the default instance
+SOCKS_PORT, CONTROL_PORT = 9050, 9051
+N_AUTH = 3
+READY_TIMEOUT = 180.0
+PREFIX = "tornet-"
+CLONE_NEWNET = 0x40000000
+_LIBC = ctypes.CDLL(None, use_errno=True)   # setns(2): os.setns needs Python 3.12
+
+COMMON = """TestingTorNetwork 1
+RunAsDaemon 0
+ShutdownWaitLength 0
+PathsNeededToBuildCircuits 0.67
+TestingDirAuthVoteExit *
+TestingDirAuthVoteGuard *
+TestingDirAuthVoteHSDir *
+V3AuthNIntervalsValid 2
+TestingMinExitFlagThreshold 0
+Address 127.0.0.1
+ContactInfo torexit-lab
+SafeLogging 1
+"""
+AUTHORITY = """AuthoritativeDirectory 1
+V3AuthoritativeDirectory 1
+AssumeReachable 1
+ExitRelay 0
+ExitPolicy reject *:*
+V3AuthVotingInterval 20
+V3AuthVoteDelay 4
+V3AuthDistDelay 4
+TestingV3AuthInitialVotingInterval 20
+TestingV3AuthInitialVoteDelay 4
+TestingV3AuthInitialDistDelay 4
+"""
+# accept *:* (see the lab notes): the exits' namespace reaches only the lab internet
+EXIT = """AssumeReachable 1
+ExitRelay 1
+IPv6Exit 0
+ExitPolicy accept *:*
+"""
+
+
+def sh(*cmd, check=True, timeout=60, inp=None):
+    return L.sh(*cmd, check=check, timeout=timeout, inp=inp)
+
+
+def netns_names():
+    return [line.split()[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines() if line.strip()]
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cleanup_stale(prefix=PREFIX):
+    """Remove namespaces and work directories of earlier runs whose owner process
+    is gone (an interrupted test or bench). Returns the names removed."""
+    removed = []
+    tmp = tempfile.gettempdir()
+    for ns in netns_names():
+        if not ns.startswith(prefix) or not ns.endswith(("-relay", "-net")):
+            continue
+        tag = ns[len(prefix):].rsplit("-", 1)[0]
+        owner = os.path.join(tmp, prefix + tag, "owner.pid")
+        try:
+            alive = _pid_alive(int(open(owner).read().strip()))
+        except (OSError, ValueError):
+            alive = False
+        if alive:
+            continue
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(os.path.join(tmp, prefix + tag), ignore_errors=True)
+        removed.append(ns)
+    return removed
+
+
+class Node:
+    def __init__(self, name, kind, index, work):
+        self.name, self.kind, self.index = name, kind, index
+        self.dir = os.path.join(work, name)
+        self.data = os.path.join(self.dir, "data")
+        self.torrc = os.path.join(self.dir, "torrc")
+        self.log = os.path.join(self.dir, "notice.log")
+        self.orport = 5100 + index
+        self.dirport = 7100 + index
+        self.proc = None
+        self.fingerprint = None
+        self.v3ident = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class Control:
+    """A tor control connection (TCP port or unix socket with cookie); replies are
+    lists of lines. Events, when subscribed, are queued with their arrival time."""
+
+    def __init__(self, where, cookie=None, timeout=10.0):
+        if isinstance(where, str):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(where)
+        self.f = self.sock.makefile("rb")
+        self.events = []
+        self.lock = threading.Lock()
+        self.reader = None
+        auth = "AUTHENTICATE %s" % open(cookie, "rb").read().hex() if cookie else "AUTHENTICATE"
+        self.cmd(auth)
+
+    def _reply(self):
+        lines = []
+        while True:
+            raw = self.f.readline()
+            if not raw:
+                raise ConnectionError("control connection closed")
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            lines.append(line)
+            if len(line) >= 4 and line[3] == "+":  # data block up to "."
+                while True:
+                    d = self.f.readline().decode(errors="replace").rstrip("\r\n")
+                    if d == ".":
+                        break
+                    lines.append(d)
+            elif len(line) >= 4 and line[3] == " ":
+                return lines
+
+    def cmd(self, line):
+        self.sock.sendall((line + "\r\n").encode())
+        lines = self._reply()
+        if not lines[-1].startswith("250"):
+            raise RuntimeError("tor control %r: %s" % (line.split()[0], lines[-1]))
+        return lines
+
+    def getinfo(self, key):
+        lines = self.cmd("GETINFO " + key)
+        first = lines[0][4:]
+        if first.startswith(key + "="):
+            rest = first[len(key) + 1:]
+            return "\n".join(([rest] if rest else []) + [x for x in lines[1:-1]])
+        return "\n".join(lines[1:-1])
+
+    def subscribe(self, *events):
+        """SETEVENTS, then read events in a thread; self.events gets (time, line)."""
+        self.cmd("SETEVENTS " + " ".join(events))
+        self.sock.settimeout(None)
+
+        def read():
+            try:
+                while True:
+                    raw = self.f.readline()
+                    if not raw:
+                        return
+                    with self.lock:
+                        self.events.append((time.monotonic(), raw.decode(errors="replace").rstrip("\r\n")))
+            except (OSError, ValueError):
+                return
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+
+    def take(self):
+        with self.lock:
+            ev, self.events = self.events, []
+        return ev
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class TorNet:
+    """Start with `with TorNet() as net:` (or net.start()/net.close())."""
+
+    def __init__(self, prefix=PREFIX, ready_timeout=READY_TIMEOUT):
+        if not prefix.startswith(PREFIX):
+            raise ValueError("prefix must start with %r" % PREFIX)
+        self.base_prefix = prefix
+        self.ready_timeout = ready_timeout
+        self.work = None
+        self.lab = None
+        self.nodes = []
+        self.helpers = []          # other processes we started (sync loops, services)
+        self.guard_mode = None
+        self.timings = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def start(self):
+        t0 = time.monotonic()
+        cleanup_stale(self.base_prefix)
+        # a short tag: interface names (<prefix><tag>-r0) have at most 15 characters
+        while True:
+            tag = os.urandom(2).hex()
+            self.work = os.path.join(tempfile.gettempdir(), self.base_prefix + tag)
+            try:
+                os.mkdir(self.work, 0o755)   # debian-tor must reach its own directory below
+                break
+            except FileExistsError:
+                continue
+        os.chmod(self.work, 0o755)
+        with open(os.path.join(self.work, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            self.lab = L.Lab("%s%s-" % (self.base_prefix, tag))
+            self.lab.setup()
+            self.relay_ns, self.net_ns = self.lab.relay, self.lab.net
+            self._make_nodes()
+            self._write_configs()
+            for node in self.nodes:
+                self._launch(node)
+            self.timings["launched_s"] = round(time.monotonic() - t0, 1)
+            self._wait_ready(t0)
+            self.timings["ready_s"] = round(time.monotonic() - t0, 1)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self):
+        for proc in self.helpers + [n.proc for n in self.nodes if n.proc]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.helpers + [n.proc for n in self.nodes if n.proc]:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.helpers = []
+        for ctl in ("_client_ctl",):
+            c = getattr(self, ctl, None)
+            if c:
+                c.close()
+                setattr(self, ctl, None)
+        if self.lab:
+            self.lab.teardown()    # its server, anything left in both namespaces, the namespaces
+            self.lab = None
+        if self.work:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
+
+    # -- configuration ---------------------------------------------------------------
+    def _make_nodes(self):
+        names = ["auth%d" % i for i in range(N_AUTH)] + ["hx", "px", "client"]
+        kinds = ["authority"] * N_AUTH + ["exit", "exit", "client"]
+        self.nodes = [Node(n, k, i, self.work) for i, (n, k) in enumerate(zip(names, kinds))]
+        self.auths = self.nodes[:N_AUTH]
+        self.hx, self.px, self.client = self.nodes[N_AUTH:]
+        for node in self.nodes:
+            os.makedirs(node.data, mode=0o700)
+        # the hardened exit: like Debian's tor service (tor-service-defaults-torrc)
+        self.hx.run = os.path.join(self.hx.dir, "run")
+        self.hx.torrc_d = os.path.join(self.hx.dir, "torrc.d")
+        self.hx.control_socket = os.path.join(self.hx.run, "control")
+        self.hx.cookie = os.path.join(self.hx.run, "control.authcookie")
+        self.exitpolicy_file = os.path.join(self.hx.torrc_d, "10-torexit-guard.conf")
+        os.makedirs(self.hx.run, mode=0o755)
+        os.makedirs(self.hx.torrc_d, mode=0o755)
+        user = pwd.getpwnam(TOR_USER)
+        for path in (self.hx.dir, self.hx.data, self.hx.run):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(self.hx.dir, 0o755)
+        os.chmod(self.hx.run, 0o2750)
+
+    def _authority_keys(self, node):
+        keys = os.path.join(node.data, "keys")
+        os.makedirs(keys, mode=0o700)
+        sh("tor-gencert", "--create-identity-key", "-m", "12", "-a", "127.0.0.1:%d" % node.dirport,
+           "-i", os.path.join(keys, "authority_identity_key"), "-s", os.path.join(keys, "authority_signing_key"),
+           "-c", os.path.join(keys, "authority_certificate"), "--passphrase-fd", "0", inp="\n")
+        with open(os.path.join(keys, "authority_certificate")) as f:
+            node.v3ident = next(line.split()[1] for line in f if line.startswith("fingerprint "))
+        placeholder = "placeholder orport=1 no-v2 v3ident=%s 127.0.0.1:1 %s" % ("0" * 40, "0" * 40)
+        empty = os.path.join(self.work, "empty-torrc")   # tor reads no config from /dev/null
+        open(empty, "a").close()
+        out = sh("tor", "--list-fingerprint", "--defaults-torrc", empty, "-f", empty,
+                 "--DataDirectory", node.data, "--ORPort", str(node.orport), "--Nickname", node.name,
+                 "--DirAuthority", placeholder, "--Log", "err stderr").stdout
+        line = [x for x in out.splitlines() if x.startswith(node.name + " ")][-1]
+        node.fingerprint = "".join(line.split()[1:])
+
+    def _write_configs(self):
+        for node in self.auths:
+            self._authority_keys(node)
+        dirauth = "".join("DirAuthority %s orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s\n" % (
+            a.name, a.orport, a.v3ident, a.dirport, a.fingerprint) for a in self.auths)
+        for node in self.nodes:
+            text = ""
+            if node is self.hx:
+                # the role's torrc: included files first, read before the exit policy
+                text += "%%include %s/\n" % self.hx.torrc_d
+            text += COMMON + dirauth
+            text += "Nickname %s\nDataDirectory %s\nLog notice file %s\n" % (node.name, node.data, node.log)
+            if node.kind == "client":
+                text += "SocksPort 127.0.0.1:%d\nControlPort 127.0.0.1:%d\n" % (SOCKS_PORT, CONTROL_PORT)
+                text += "UseEntryGuards 0\n"
+            else:
+                text += "SocksPort 0\nORPort 127.0.0.1:%d\nDirPort 127.0.0.1:%d\n" % (node.orport, node.dirport)
+                text += AUTHORITY if node.kind == "authority" else EXIT
+            if node is self.hx:
+                text += ("User %s\nPidFile %s/tor.pid\n"
+                         "ControlSocket %s GroupWritable RelaxDirModeCheck\nControlSocketsGroupWritable 1\n"
+                         "CookieAuthentication 1\nCookieAuthFileGroupReadable 1\nCookieAuthFile %s\n"
+                         % (TOR_USER, self.hx.run, self.hx.control_socket, self.hx.cookie))
+            with open(node.torrc, "w") as f:
+                f.write(text)
+        # hx opens its log before it switches to debian-tor and writes it afterwards
+        open(self.hx.log, "a").close()
+        user = pwd.getpwnam(TOR_USER)
+        os.chown(self.hx.log, user.pw_uid, user.pw_gid)
+
+    def _launch(self, node):
+        # stdout/stderr: only startup errors before the log file opens
+        err = open(os.path.join(node.dir, "stderr"), "w")
+        node.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.relay_ns, "tor", "--defaults-torrc", os.path.join(self.work, "empty-torrc"),
+             "-f", node.torrc],
+            stdout=err, stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+        err.close()
+
+    def _fingerprint_file(self, node):
+        try:
+            with open(os.path.join(node.data, "fingerprint")) as f:
+                return f.read().split()[1]
+        except (OSError, IndexError):
+            return None
+
+    def _check_alive(self):
+        for node in self.nodes:
+            if node.proc.poll() is not None:
+                tail = (node.log_text() or open(os.path.join(node.dir, "stderr")).read())[-1500:]
+                raise RuntimeError("tor %s exited (rc %s): %s" % (node.name, node.proc.returncode, tail))
+
+    def _wait_ready(self, t0):
+        """Bounded: the client bootstrapped, both exits in its consensus with the Exit
+        flag, and one stream through each exit reached the lab internet."""
+        deadline = t0 + self.ready_timeout
+        stage = "client bootstrap"
+        try:
+            while "Bootstrapped 100%" not in self.client.log_text():
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                time.sleep(0.5)
+            self.timings["bootstrapped_s"] = round(time.monotonic() - t0, 1)
+            for node in (self.hx, self.px):
+                node.fingerprint = self._fingerprint_file(node)
+            stage = "control port"
+            self._client_ctl = self._in_ns(lambda: Control(("127.0.0.1", CONTROL_PORT)))
+            for node in (self.hx, self.px):
+                stage = "a stream through %s" % node.name
+                self.pin(node)
+                while True:
+                    self._check_alive()
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    res = self.run(socks_request(SOCKS_PORT, L.UPLOAD_HOST, 443, timeout=10))
+                    if res == "ok":
+                        break
+                    time.sleep(1.0)
+            self.unpin()
+        except TimeoutError:
+            raise RuntimeError("private Tor network not ready after %.0f s (waiting for %s); client log:\n%s"
+                               % (self.ready_timeout, stage, self.client.log_text()[-2000:])) from None
+
+    # -- running things inside the relay namespace --------------------------------
+    def _in_ns(self, fn):
+        """Run fn in a thread that joined the relay namespace (sockets made there
+        live there)."""
+        box = {}
+
+        def body():
+            fd = os.open("/run/netns/%s" % self.relay_ns, os.O_RDONLY)
+            try:
+                if _LIBC.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns %s" % self.relay_ns)
+            finally:
+                os.close(fd)
+            try:
+                box["v"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                box["e"] = exc
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        if "e" in box:
+            raise box["e"]
+        return box.get("v")
+
+    def run(self, coro):
+        """Run a coroutine (SOCKS clients) in the relay namespace."""
+        return self._in_ns(lambda: asyncio.run(coro))
+
+    def control(self):
+        """A new control connection to the client (events need their own)."""
+        return self._in_ns(lambda: Control(("127.0.0.1", CONTROL_PORT)))
+
+    def hx_control(self):
+        """A control connection to the hardened exit (unix socket, cookie)."""
+        return Control(self.hx.control_socket, cookie=self.hx.cookie)
+
+    def spawn(self, *cmd, env=None, log=None):
+        """A helper process in the relay namespace, stopped by close()."""
+        out = open(log, "a") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(["ip", "netns", "exec", self.relay_ns] + list(cmd), stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd="/", start_new_session=True)
+        if log:
+            out.close()
+        self.helpers.append(proc)
+        return proc
+
+    def stop(self, proc):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.helpers:
+            self.helpers.remove(proc)
+
+    # -- the client's exit choice -------------------------------------------------------
+    def pin(self, node):
+        self._client_ctl.cmd("SETCONF ExitNodes=%s StrictNodes=1" % node.fingerprint)
+        self.new_circuits()
+
+    def unpin(self):
+        self._client_ctl.cmd("RESETCONF ExitNodes StrictNodes")
+        self.new_circuits()
+
+    def new_circuits(self):
+        """Fresh circuits for new streams (SIGNAL NEWNYM marks the old ones dirty)."""
+        self._client_ctl.cmd("SIGNAL NEWNYM")
+        time.sleep(0.2)
+
+    # -- the egress guard on the hardened exit -------------------------------------------
+    def apply_guard(self, mode="enforce", extra=""):
+        """The collection's egress_guard module in the exits' namespace with its real
+        default owner (debian-tor): only hx's connections are guarded."""
+        V._ansible(self.lab, ("state=present backend=nftables persist=false mode=%s %s" % (mode, extra)).strip())
+        self.guard_mode = mode
+
+    def remove_guard(self):
+        V._ansible(self.lab, "state=absent backend=nftables persist=false")
+        self.guard_mode = None
+
+    def guard_counters(self):
+        r = self.lab.ns(self.relay_ns, "nft", "-j", "list", "counters", "table", *V.GUARD_TABLE, check=False)
+        if r.returncode != 0:
+            return {}
+        return {i["counter"]["name"]: i["counter"]["packets"] for i in json.loads(r.stdout)["nftables"]
+                if "counter" in i}
+
+    # -- exitpolicy mode: the role's sync program, run as its unit would ---------------
+    def sync_env(self):
+        """Environment of the sync unit in the lab: PATH finds a `systemctl` that does
+        what systemd does for `try-reload-or-restart tor@default.service` on this
+        host's tor unit (ExecReload: kill -HUP $MAINPID), aimed at hx's PID."""
+        shim_dir = os.path.join(self.work, "bin")
+        os.makedirs(shim_dir, exist_ok=True)
+        shim = os.path.join(shim_dir, "systemctl")
+        with open(shim, "w") as f:
+            f.write("#!/bin/sh\n# lab stand-in for systemd: reload = SIGHUP to the unit's main PID\n"
+                    "[ \"$1\" = try-reload-or-restart ] && [ \"$2\" = %s ] || "
+                    "{ echo \"systemctl (lab): unsupported: $*\" >&2; exit 1; }\n"
+                    "exec kill -HUP %d\n" % (UNIT, self.hx.pid))
+        os.chmod(shim, 0o755)
+        return dict(os.environ, PATH=shim_dir + ":/usr/sbin:/usr/bin:/sbin:/bin")
+
+    def sync_command(self, max_lines=500):
+        """The ExecStart of torexit-exitpolicy-sync.service for this exit."""
+        return ["/usr/bin/python3", SYNC, "--output", self.exitpolicy_file, "--max-lines", str(max_lines),
+                "--torrc", self.hx.torrc, "--reload", UNIT]
+
+    def sync_once(self):
+        r = subprocess.run(["ip", "netns", "exec", self.relay_ns] + self.sync_command(), env=self.sync_env(),
+                           capture_output=True, text=True, timeout=60, check=False)
+        if r.returncode != 0:
+            raise RuntimeError("exitpolicy sync failed: %s" % r.stderr.strip()[-800:])
+        return r.stdout.strip()
+
+    def start_sync_timer(self, interval=60.0, max_runs=60):
+        """The role's timer (OnUnitActiveSec=1min): the sync every `interval` seconds,
+        at most `max_runs` times; first run one interval from now (OnBootSec)."""
+        loop = ("i=0; while [ $i -lt %d ]; do sleep %s; %s; i=$((i+1)); done"
+                % (max_runs, interval, " ".join(self.sync_command())))
+        return self.spawn("sh", "-c", loop, env=self.sync_env(), log=os.path.join(self.work, "sync.log"))
+
+    def clear_exitpolicy(self):
+        """Drop the guard's reject lines and reload hx (as the role does when the mode is off)."""
+        if os.path.exists(self.exitpolicy_file):
+            os.unlink(self.exitpolicy_file)
+            os.kill(self.hx.pid, signal.SIGHUP)
+            time.sleep(1.0)
+
+    def exitpolicy_lines(self):
+        try:
+            with open(self.exitpolicy_file) as f:
+                return [line for line in f if line.startswith("ExitPolicy ")]
+        except OSError:
+            return []
+
+
+# --- SOCKS5 through the client ----------------------------------------------------------
+# tor's SOCKS5 replies: stream_end_reason_to_socks5_response() in tor's relay code
+SOCKS_REPLY = {0: "ok", 1: "general", 2: "not_allowed", 3: "net_unreachable", 4: "host_unreachable",
+               5: "refused", 6: "ttl_expired", 7: "cmd", 8: "addr_type"}
+HDR = struct.Struct("!IIH")   # the lab server's request header (tests/bench/server.py)
+
+
+async def socks_open(port, host, dport, timeout):
+    """Open a stream; returns (outcome, reader, writer); outcome "ok" or why not."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return "socks_down", None, None
+    try:
+        writer.write(b"\x05\x01\x00")
+        await asyncio.wait_for(reader.readexactly(2), timeout)
+        writer.write(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", dport))
+        head = await asyncio.wait_for(reader.readexactly(10), timeout)
+        outcome = SOCKS_REPLY.get(head[1], "reply_%d" % head[1])
+    except asyncio.TimeoutError:
+        outcome = "timeout"
+    except (OSError, asyncio.IncompleteReadError):
+        outcome = "error"
+    if outcome != "ok":
+        writer.close()
+        return outcome, None, None
+    return outcome, reader, writer
+
+
+async def socks_request(port, host, dport, timeout=20.0, up=64, down=256, rtts=0):
+    """One request through Tor to the lab server: connect, upload `up` bytes, read
+    `down` bytes. Returns "ok" or the failure."""
+    t_end = time.monotonic() + timeout
+    outcome, reader, writer = await socks_open(port, host, dport, timeout)
+    if outcome != "ok":
+        return outcome
+    try:
+        writer.write(HDR.pack(up, down, rtts) + bytes(up))
+        got = 0
+        while got < down:
+            chunk = await asyncio.wait_for(reader.read(65536), max(0.1, t_end - time.monotonic()))
+            if not chunk:
+                return "closed"
+            got += len(chunk)
+        return "ok"
+    except asyncio.TimeoutError:
+        return "timeout"
+    except OSError:
+        return "error"
+    finally:
+        writer.close()
+
+
+async def socks_many(port, pairs, concurrency=20, rate=None, seconds=60.0, timeout=20.0, up=64, down=256,
+                     rtts=0, connect_only=False):
+    """Requests to (host, port) pairs, at most `concurrency` at once and `rate` new
+    ones per second, all within `seconds`. Returns counts per outcome, how many were
+    tried and, per outcome, the time (s from start) it first occurred. Destinations
+    are not kept."""
+    sem = asyncio.Semaphore(concurrency)
+    counts, first = {}, {}
+    t0 = time.monotonic()
+    tasks = []
+
+    async def one(host, dport, started):
+        try:
+            if connect_only:
+                outcome, _r, w = await socks_open(port, host, dport, timeout)
+                if w:
+                    w.close()
+            else:
+                outcome = await socks_request(port, host, dport, timeout, up, down, rtts)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome not in first:
+                first[outcome] = round(time.monotonic() - t0, 3)
+        finally:
+            sem.release()
+
+    for i, (host, dport) in enumerate(pairs):
+        if rate:
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if time.monotonic() - t0 > seconds:
+            break
+        await sem.acquire()
+        tasks.append(asyncio.ensure_future(one(host, dport, time.monotonic() - t0)))
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout + 5)
+    return {"tried": len(tasks), "counts": counts, "first_s": first, "elapsed_s": round(time.monotonic() - t0, 2)}
+
+
+def stream_reasons(events):
+    """Counts of STREAM events by (status, REMOTE_REASON or REASON): only reasons
+    and counts, never the target."""
+    out = {}
+    for _t, line in events:
+        words = line.split()
+        if len(words) < 4 or words[1] != "STREAM":
+            continue
+        kv = dict(w.split("=", 1) for w in words[5:] if "=" in w)
+        key = "%s:%s" % (words[3], kv.get("REMOTE_REASON") or kv.get("REASON") or "-")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description="start a private Tor network, report, remove it")
+    ap.add_argument("--cleanup-stale", action="store_true", help="only remove leftovers of dead runs")
+    ap.add_argument("--hold", type=float, default=0, help="seconds to keep the network up")
+    args = ap.parse_args(argv)
+    if args.cleanup_stale:
+        print("removed: %s" % (", ".join(cleanup_stale()) or "nothing"))
+        return 0
+    with TorNet() as net:
+        print(json.dumps({"timings": net.timings, "relay_ns": net.relay_ns, "net_ns": net.net_ns,
+                          "hx": net.hx.fingerprint, "px": net.px.fingerprint}))
+        time.sleep(min(args.hold, 600))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
