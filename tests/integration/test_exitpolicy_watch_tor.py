@@ -138,6 +138,32 @@ def test_watch_drives_a_real_tor_through_its_control_socket(lab, tmp_path, backe
     ansible_module(lab.relay, GUARD, {"state": "absent", "backend": backend, "persist": False})
 
 
+def test_netlink_reads_the_sets_as_nft_lists_them(lab):
+    """The watch mode reads the nftables sets over netlink (no nft process): the
+    same entries as `nft -j list table`, for every key layout and interval shape."""
+    ansible_module(lab.relay, GUARD, {"owner": "any", "persist": False, "mode": "exitpolicy"})
+    lab.ns(lab.relay, "nft", "-f", "-", input=(
+        "add element inet torexit_guard ban_hscan_v4_24 { 198.18.7.0 . 22, 198.18.8.0 . 443 timeout 100s }\n"
+        "add element inet torexit_guard ban_hscan_v6_48 { 2001:db8:1:: . 25 }\n"
+        "add element inet torexit_guard ban_vscan_v4_32 { 198.18.9.9 }\n"
+        "add element inet torexit_guard ban_vscan_v6_128 { 2001:db8::5 timeout 50s }\n"
+        "add element inet torexit_guard ban_flood_v4_32 { 198.18.3.3 . 8080 }\n"
+        "add element inet torexit_guard optout_v4 { 198.18.5.0/24 timeout 1h, 198.18.9.1 timeout 2h, "
+        "198.18.10.0-198.18.10.5 timeout 3h, 255.255.255.0/24 timeout 1h }\n"
+        "add element inet torexit_guard optout_v6 { 2001:db8:5::/48 timeout 1h, 2001:db8:6::1 timeout 1h }\n"))
+    script = (
+        "import json, sys; sys.path.insert(0, %r); from test_exitpolicy_sync import load; s = load()\n"
+        "key = lambda e: (e['kind'], str(e['net']), str(e['port']), e['age'])\n"
+        "a = sorted(map(key, s.entries_from_nft(s.read_nft())[0]))\n"
+        "b = sorted(map(key, s.entries_from_nft(s.read_nft_netlink())[0]))\n"
+        "print(json.dumps([a, b]))\n" % os.path.join(TOP, "tests", "unit", "roles"))
+    by_nft, by_netlink = json.loads(lab.ns(lab.relay, sys.executable, "-c", script).stdout)
+    assert len(by_nft) == 13
+    assert [e[:3] for e in by_netlink] == [e[:3] for e in by_nft]
+    # ages in whole seconds: the two reads may straddle a second
+    assert all(abs(x[3] - y[3]) <= 1 for x, y in zip(by_nft, by_netlink))
+
+
 def test_netlink_set_names_match_nft(lab):
     ansible_module(lab.relay, GUARD, {"owner": "any", "persist": False, "mode": "exitpolicy"})
     listed = lab.ns(lab.relay, sys.executable, "-c", (

@@ -336,6 +336,42 @@ def read_ipsets(ipset="ipset"):
     return "".join(texts)
 
 
+class IpsetSets:
+    """Reads the guard's ban and opt-out ipsets with one `ipset -` process per call
+    (its command mode: one `save NAME` line per set), instead of one process per set;
+    the names (`ipset list -n`) are refreshed every `refresh` seconds, and at once
+    after an error (a set gone), when that call falls back to read_ipsets."""
+
+    def __init__(self, ipset="ipset", refresh=5.0, clock=time.monotonic):
+        self.ipset, self.refresh, self.clock = ipset, refresh, clock
+        self.names, self.when = None, None
+
+    def __call__(self):
+        now = self.clock()
+        if self.names is None or now - self.when >= self.refresh:
+            proc = _ipset_run([self.ipset, "list", "-n"])
+            if proc is None:
+                return ""
+            if proc.returncode != 0:
+                raise SyncError(f"ipset list failed ({proc.returncode}): {proc.stderr.strip()}")
+            self.names = [n for n in proc.stdout.split() if any(guard_set(n, IPSET_PREFIX))]
+            self.when = now
+        if not self.names:
+            return ""
+        try:
+            proc = subprocess.run([self.ipset, "-"], input="".join(f"save {n}\n" for n in self.names),
+                                  capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            return ""
+        text = "".join(line.replace("ipset> ", "") + "\n" for line in proc.stdout.splitlines()
+                       if line.replace("ipset> ", "").strip())
+        created = {line.split()[1] for line in text.splitlines() if line.startswith("create ")}
+        if proc.returncode != 0 or proc.stderr.strip() or created != set(self.names):
+            self.names = None
+            return read_ipsets(self.ipset)
+        return text
+
+
 FILE_MODE = 0o640  # the lines become public with the descriptor, but not before tor publishes them
 ACL_XATTR = "system.posix_acl_access"
 
@@ -413,12 +449,13 @@ def plan(args, document, saved):
     return chosen, counts
 
 
-def read_kernel(args, nft_reader=None):
-    """(nft JSON document, ipset save text) of the guard's sets; `nft_reader` (a
-    callable returning the document) replaces the whole-table listing."""
+def read_kernel(args, nft_reader=None, ipset_reader=None):
+    """(nft JSON document, ipset save text) of the guard's sets; `nft_reader` and
+    `ipset_reader` (callables returning them) replace the whole-table listing and
+    read_ipsets."""
     document = nft_reader() if nft_reader else read_nft(args.nft)
     try:
-        saved = read_ipsets(args.ipset)
+        saved = ipset_reader() if ipset_reader else read_ipsets(args.ipset)
     except SyncError as exc:
         if not document.get("nftables"):
             raise
@@ -484,29 +521,48 @@ def sync(args, document=None, saved=None):
 # --- watch mode: poll the sets, update tor through its control socket ------------
 
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETSET = 10
-NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
+NFT_MSG_GETSET, NFT_MSG_GETSETELEM = 10, 13
+NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_LEN, NFTA_SET_TIMEOUT = 1, 2, 3, 5, 11
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION = 1, 3, 4, 5
+NFTA_SET_ELEM_KEY_END = 10
+NFTA_DATA_VALUE = 1
+NFT_SET_INTERVAL = 0x4
+NFT_SET_ELEM_INTERVAL_END = 0x1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFPROTO_INET = 1
+NETLINK_NETFILTER = 12
 
 
 def _nlattrs(data):
-    """{type: payload} of a run of netlink attributes."""
-    attrs, offset = {}, 0
+    """{type: payload} of a run of netlink attributes (a repeated type: the last one)."""
+    return dict(_nlattr_list(data))
+
+
+def _nlattr_list(data):
+    out, offset = [], 0
     while offset + 4 <= len(data):
         length, kind = struct.unpack_from("=HH", data, offset)
         if length < 4:
             break
-        attrs[kind & 0x3FFF] = data[offset + 4:offset + length]
+        out.append((kind & 0x3FFF, data[offset + 4:offset + length]))
         offset += (length + 3) & ~3
-    return attrs
+    return out
 
 
-def parse_set_names(chunks, table=TABLE[1]):
-    """Set names in NFT_MSG_NEWSET messages (the answer to a GETSET dump) of `table`.
-    Returns (names, done); raises OSError for a netlink error message."""
-    names, done = [], False
+def _nlstr(data):
+    return data.rstrip(b"\0").decode()
+
+
+def _be(data):
+    return int.from_bytes(data, "big") if data else None
+
+
+def nl_messages(chunks):
+    """(message type, attributes after struct nfgenmsg) of nf_tables netlink answers,
+    and whether NLMSG_DONE came. Raises OSError for a netlink error message."""
+    messages, done = [], False
     for data in chunks:
         offset = 0
         while offset + 16 <= len(data):
@@ -522,38 +578,163 @@ def parse_set_names(chunks, table=TABLE[1]):
                 if errno:
                     raise OSError(errno, os.strerror(errno))
             elif kind >> 8 == NFNL_SUBSYS_NFTABLES:
-                attrs = _nlattrs(body[4:])  # after struct nfgenmsg
-                if attrs.get(NFTA_SET_TABLE, b"").rstrip(b"\0").decode() == table and NFTA_SET_NAME in attrs:
-                    names.append(attrs[NFTA_SET_NAME].rstrip(b"\0").decode())
-    return names, done
+                messages.append((kind & 0xFF, body[4:]))
+    return messages, done
+
+
+def _nlattr(kind, data):
+    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+def nl_dump(msg, attrs):
+    """One nf_tables dump request (inet family) and all its answers."""
+    body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + b"".join(_nlattr(k, v) for k, v in attrs)
+    header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg,
+                         NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(5)
+        sock.send(header + body)
+        messages, done = [], False
+        while not done:
+            more, done = nl_messages([sock.recv(1 << 20)])
+            messages += more
+    return messages
+
+
+def parse_sets(messages, table=TABLE[1]):
+    """{name: {"flags", "key_len", "timeout" (seconds or None)}} of the sets of
+    `table` in NEWSET messages (a GETSET dump: declarations only, no elements)."""
+    sets = {}
+    for _kind, body in messages:
+        attrs = _nlattrs(body)
+        if _nlstr(attrs.get(NFTA_SET_TABLE, b"")) != table or NFTA_SET_NAME not in attrs:
+            continue
+        timeout = _be(attrs.get(NFTA_SET_TIMEOUT))
+        sets[_nlstr(attrs[NFTA_SET_NAME])] = {"flags": _be(attrs.get(NFTA_SET_FLAGS)) or 0,
+                                              "key_len": _be(attrs.get(NFTA_SET_KEY_LEN)),
+                                              "timeout": timeout // 1000 if timeout else None}
+    return sets
+
+
+def parse_elements(messages):
+    """Elements in NEWSETELEM messages: dicts with key (bytes), key_end (bytes or
+    None), flags, timeout and expires (seconds or None)."""
+    out = []
+    for _kind, body in messages:
+        for kind, elements in _nlattr_list(body):
+            if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
+                continue
+            for _one, element in _nlattr_list(elements):
+                attrs = _nlattrs(element)
+                key = _nlattrs(attrs.get(NFTA_SET_ELEM_KEY, b"")).get(NFTA_DATA_VALUE)
+                if key is None:
+                    continue
+                end = _nlattrs(attrs.get(NFTA_SET_ELEM_KEY_END, b"")).get(NFTA_DATA_VALUE)
+                timeout, expires = _be(attrs.get(NFTA_SET_ELEM_TIMEOUT)), _be(attrs.get(NFTA_SET_ELEM_EXPIRATION))
+                out.append({"key": key, "key_end": end, "flags": _be(attrs.get(NFTA_SET_ELEM_FLAGS)) or 0,
+                            "timeout": timeout // 1000 if timeout is not None else None,
+                            "expires": expires // 1000 if expires is not None else None})
+    return out
+
+
+def _address(data):
+    return str(ipaddress.ip_address(bytes(data)))
+
+
+def nft_set_json(name, info, elements):
+    """A set as `nft -j list set` prints it (the parts entries_from_nft reads), from
+    its declaration and netlink elements. Keys: an address (4 or 16 bytes), or an
+    address . port concatenation (each field padded to 4 bytes: 8 or 20 bytes).
+    Interval sets come as start and end elements (end = the first address after the
+    range), as nft's own listing decomposes them."""
+    key_len = info["key_len"]
+    alen = 4 if key_len in (4, 8) else 16
+
+    def meta(element, val):
+        out = {"val": val}
+        if element["timeout"] is not None:
+            out["timeout"] = element["timeout"]
+        if element["expires"] is not None:
+            out["expires"] = element["expires"]
+        return {"elem": out}
+
+    elems = []
+    if info["flags"] & NFT_SET_INTERVAL and key_len in (4, 16):
+        ordered = sorted(elements, key=lambda e: e["key"])
+        for i, element in enumerate(ordered):
+            if element["flags"] & NFT_SET_ELEM_INTERVAL_END:
+                continue
+            low = int.from_bytes(element["key"], "big")
+            if element["key_end"] is not None:
+                high = int.from_bytes(element["key_end"], "big")
+            elif i + 1 < len(ordered) and ordered[i + 1]["flags"] & NFT_SET_ELEM_INTERVAL_END:
+                high = int.from_bytes(ordered[i + 1]["key"], "big") - 1
+            else:
+                high = (1 << (8 * alen)) - 1  # open to the end of the address space
+            lo_addr, hi_addr = (_address(v.to_bytes(alen, "big")) for v in (low, high))
+            elems.append(meta(element, lo_addr if low == high else {"range": [lo_addr, hi_addr]}))
+    else:
+        for element in elements:
+            key = element["key"]
+            if len(key) == alen:
+                val = _address(key)
+            elif len(key) == alen + 4:
+                val = {"concat": [_address(key[:alen]), int.from_bytes(key[alen:alen + 2], "big")]}
+            else:
+                continue
+            elems.append(meta(element, val))
+    out = {"family": TABLE[0], "table": TABLE[1], "name": name, "elem": elems}
+    if info["timeout"]:
+        out["timeout"] = info["timeout"]
+    return {"set": out}
+
+
+def read_nft_netlink(table=TABLE[1], dump=nl_dump):
+    """The guard's ban and opt-out sets, read over netlink without running nft: one
+    dump of the table's set declarations (no elements, so the detectors' large sets
+    cost nothing) and one element dump per ban or opt-out set. An absent table reads
+    as empty."""
+    name = table.encode() + b"\0"
+    try:
+        sets = parse_sets(dump(NFT_MSG_GETSET, [(NFTA_SET_TABLE, name)]), table)
+    except FileNotFoundError:
+        return {"nftables": []}
+    items = []
+    for set_name, info in sets.items():
+        if not any(guard_set(set_name)):
+            continue
+        try:
+            messages = dump(NFT_MSG_GETSETELEM, [(NFTA_SET_ELEM_LIST_TABLE, name),
+                                                 (NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")])
+        except FileNotFoundError:
+            continue  # the guard replaced its table in between
+        items.append(nft_set_json(set_name, info, parse_elements(messages)))
+    return {"nftables": items}
 
 
 def nft_set_names(table=TABLE[1]):
-    """Names of the sets in `inet table`, asked from the kernel over netlink: a dump
-    of the set declarations only, without their (possibly large) element lists."""
-    name = table.encode() + b"\0"
-    attr = struct.pack("=HH", 4 + len(name), NFTA_SET_TABLE) + name + b"\0" * (-len(name) % 4)
-    body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + attr
-    header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET,
-                         NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
-        sock.settimeout(5)
-        sock.send(header + body)
-        names, done = [], False
-        while not done:
-            more, done = parse_set_names([sock.recv(65536)], table)
-            names += more
-    return names
+    """Names of the sets in `inet table` (a netlink dump of the declarations)."""
+    return list(parse_sets(nl_dump(NFT_MSG_GETSET, [(NFTA_SET_TABLE, table.encode() + b"\0")]), table))
 
 
 class NftSets:
-    """Reads only the guard's ban and opt-out sets, one `nft -j list set` each (a few
-    milliseconds); the set names are refreshed every `refresh` seconds, and at once
+    """Reads only the guard's ban and opt-out sets: over netlink (read_nft_netlink, well
+    under a millisecond), or where netlink is refused, one `nft -j list set` each (a few
+    milliseconds); then the set names are refreshed every `refresh` seconds, and at once
     when a set has gone (the guard replaced its table)."""
 
-    def __init__(self, nft="nft", refresh=5.0, clock=time.monotonic, names=nft_set_names):
-        self.nft, self.refresh, self.clock, self.names_of = nft, refresh, clock, names
+    def __init__(self, nft="nft", refresh=5.0, clock=time.monotonic, names=nft_set_names, netlink=read_nft_netlink):
+        self.nft, self.refresh, self.clock, self.names_of, self.netlink = nft, refresh, clock, names, netlink
         self.names, self.when = None, None
+
+    def __call__(self):
+        if self.netlink:
+            try:
+                return self.netlink()
+            except OSError as exc:
+                log(f"netlink not usable ({exc}); reading the sets with nft")
+                self.netlink = None
+        return self.by_nft()
 
     def _names(self):
         now = self.clock()
@@ -567,7 +748,7 @@ class NftSets:
             self.when = now
         return self.names
 
-    def __call__(self):
+    def by_nft(self):
         items = []
         for name in self._names():
             try:
@@ -780,9 +961,10 @@ class Watcher:
     every tor instance (SETCONF through the control socket; SIGHUP after a tor
     --verify-config for an instance whose control socket does not answer)."""
 
-    def __init__(self, args, instances, nft_reader=None, clock=time.monotonic):
+    def __init__(self, args, instances, nft_reader=None, ipset_reader=None, clock=time.monotonic):
         self.args, self.instances, self.clock = args, instances, clock
         self.nft_reader = nft_reader or NftSets(args.nft)
+        self.ipset_reader = ipset_reader or IpsetSets(args.ipset)
         self.batcher = Batcher(args.batch_min, args.batch_max)
         self.updates = 0
         self.last_error = None
@@ -807,7 +989,7 @@ class Watcher:
                 log(f"{inst.path}: {exc}")
                 inst.drop()
         try:
-            chosen, counts = plan(self.args, *read_kernel(self.args, self.nft_reader))
+            chosen, counts = plan(self.args, *read_kernel(self.args, self.nft_reader, self.ipset_reader))
         except (SyncError, OSError, ValueError) as exc:
             if str(exc) != self.last_error:
                 log(f"sets not read: {exc}")

@@ -281,23 +281,113 @@ def nlattr(kind, data):
     return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
 
 
-def newset(table, name):
-    return nlmsg((10 << 8) | 10, struct.pack("=BBH", 1, 0, 0) + nlattr(1, table + b"\0") + nlattr(2, name + b"\0")
-                 + nlattr(3, struct.pack(">I", 0)))
+def newset(table, name, key_len=8, flags=0x10, timeout_ms=None):
+    attrs = (nlattr(1, table + b"\0") + nlattr(2, name + b"\0") + nlattr(3, struct.pack(">I", flags))
+             + nlattr(5, struct.pack(">I", key_len)))
+    if timeout_ms is not None:
+        attrs += nlattr(11, struct.pack(">Q", timeout_ms))
+    return nlmsg((10 << 8) | 11, struct.pack("=BBH", 1, 0, 0) + attrs)
 
 
-def test_set_names_from_a_netlink_dump():
-    first = newset(b"torexit_guard", b"ban_hscan_v4_24") + newset(b"other", b"x")
-    second = newset(b"torexit_guard", b"seen_v4") + nlmsg(3, struct.pack("=i", 0))
-    names, done = sync.parse_set_names([first])
-    assert (names, done) == (["ban_hscan_v4_24"], False)
-    assert sync.parse_set_names([second]) == (["seen_v4"], True)
+def element(key, flags=0, timeout_ms=None, expires_ms=None, key_end=None):
+    attrs = nlattr(1, nlattr(1, key))
+    if key_end is not None:
+        attrs += nlattr(10, nlattr(1, key_end))
+    if flags:
+        attrs += nlattr(3, struct.pack(">I", flags))
+    if timeout_ms is not None:
+        attrs += nlattr(4, struct.pack(">Q", timeout_ms))
+    if expires_ms is not None:
+        attrs += nlattr(5, struct.pack(">Q", expires_ms))
+    return nlattr(1, attrs)
+
+
+def newsetelem(table, name, *elements):
+    body = nlattr(1, table + b"\0") + nlattr(2, name + b"\0") + nlattr(3, b"".join(elements))
+    return nlmsg((10 << 8) | 12, struct.pack("=BBH", 1, 0, 0) + body)
+
+
+def v4(text):
+    return socket.inet_pton(socket.AF_INET, text)
+
+
+def v6(text):
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+def test_set_declarations_from_a_netlink_dump():
+    first = newset(b"torexit_guard", b"ban_hscan_v4_24", timeout_ms=600000) + newset(b"other", b"x")
+    second = newset(b"torexit_guard", b"optout_v4", key_len=4, flags=0x14) + nlmsg(3, struct.pack("=i", 0))
+    messages, done = sync.nl_messages([first])
+    assert not done and sync.parse_sets(messages) == {
+        "ban_hscan_v4_24": {"flags": 0x10, "key_len": 8, "timeout": 600}}
+    messages, done = sync.nl_messages([second])
+    assert done and sync.parse_sets(messages)["optout_v4"]["flags"] & sync.NFT_SET_INTERVAL
     with pytest.raises(OSError) as err:
-        sync.parse_set_names([nlmsg(2, struct.pack("=i", -1) + b"\0" * 16)])
+        sync.nl_messages([nlmsg(2, struct.pack("=i", -1) + b"\0" * 16)])
     assert err.value.errno == 1
 
 
-def test_nft_reader_lists_only_guard_sets_and_looks_again_when_one_has_gone(monkeypatch):
+def test_netlink_elements_become_what_nft_prints():
+    """Keys as the kernel stores them: concatenations pad each field to 4 bytes,
+    interval sets hold start and end (first address after) elements."""
+    port22 = struct.pack(">H", 22) + b"\0\0"
+    hscan = sync.parse_elements(sync.nl_messages([newsetelem(
+        b"torexit_guard", b"ban_hscan_v4_24",
+        element(v4("198.18.7.0") + port22, expires_ms=590500),
+        element(v4("198.18.8.0") + struct.pack(">H", 443) + b"\0\0", timeout_ms=100000, expires_ms=99000))])[0])
+    document = {"nftables": [sync.nft_set_json("ban_hscan_v4_24", {"flags": 0x10, "key_len": 8, "timeout": 600},
+                                               hscan)]}
+    entries, skipped = sync.entries_from_nft(document)
+    assert skipped == 0
+    assert sorted((str(e["net"]), e["port"], e["age"]) for e in entries) == [
+        ("198.18.7.0/24", 22, 10), ("198.18.8.0/24", 443, 1)]
+
+    v6set = sync.parse_elements(sync.nl_messages([newsetelem(
+        b"torexit_guard", b"ban_hscan_v6_48", element(v6("2001:db8:1::") + port22, expires_ms=1000))])[0])
+    entries, _ = sync.entries_from_nft({"nftables": [sync.nft_set_json(
+        "ban_hscan_v6_48", {"flags": 0x10, "key_len": 20, "timeout": 600}, v6set)]})
+    assert [(str(e["net"]), e["port"]) for e in entries] == [("2001:db8:1::/48", 22)]
+
+    # an interval set, elements in the kernel's (descending) order: a /24, one host,
+    # a range, and a range open to the end of the address space (no end element)
+    end = sync.NFT_SET_ELEM_INTERVAL_END
+    optout = sync.parse_elements(sync.nl_messages([newsetelem(
+        b"torexit_guard", b"optout_v4",
+        element(v4("255.255.255.0"), timeout_ms=3600000, expires_ms=3500000),
+        element(v4("198.18.10.6"), flags=end), element(v4("198.18.10.0"), timeout_ms=3600000, expires_ms=3599000),
+        element(v4("198.18.9.2"), flags=end), element(v4("198.18.9.1"), timeout_ms=7200000, expires_ms=7199000),
+        element(v4("198.18.6.0"), flags=end), element(v4("198.18.5.0"), timeout_ms=3600000, expires_ms=3599000))])[0])
+    entries, _ = sync.entries_from_nft({"nftables": [sync.nft_set_json(
+        "optout_v4", {"flags": 0x14, "key_len": 4, "timeout": None}, optout)]})
+    assert [str(e["net"]) for e in entries] == ["198.18.5.0/24", "198.18.9.1/32", "198.18.10.0/30",
+                                                 "198.18.10.4/31", "255.255.255.0/24"]
+    assert {e["age"] for e in entries} == {1, 100}
+    # a set type the key layout does not fit: nothing, not a wrong address
+    assert sync.nft_set_json("ban_x_v4_32", {"flags": 0, "key_len": 12, "timeout": None},
+                             [{"key": b"\0" * 12, "key_end": None, "flags": 0, "timeout": None,
+                               "expires": None}])["set"]["elem"] == []
+
+
+def test_read_nft_netlink_reads_only_guard_sets_and_an_absent_table_is_empty():
+    asked = []
+
+    def dump(msg, attrs):
+        asked.append((msg, [v for _k, v in attrs]))
+        if msg == sync.NFT_MSG_GETSET:
+            return sync.nl_messages([newset(b"torexit_guard", b"seen_v4") + newset(b"torexit_guard", b"ban_vscan_v4_32",
+                                                                                    key_len=4)])[0]
+        return sync.nl_messages([newsetelem(b"torexit_guard", b"ban_vscan_v4_32", element(v4("198.18.9.9")))])[0]
+    document = sync.read_nft_netlink(dump=dump)
+    assert [v for _m, v in asked] == [[b"torexit_guard\0"], [b"torexit_guard\0", b"ban_vscan_v4_32\0"]]
+    assert document["nftables"][0]["set"]["elem"] == [{"elem": {"val": "198.18.9.9"}}]
+
+    def absent(msg, attrs):
+        raise FileNotFoundError(2, "No such file or directory")
+    assert sync.read_nft_netlink(dump=absent) == {"nftables": []}
+
+
+def test_nft_reader_falls_back_to_nft_when_netlink_is_refused(monkeypatch, capsys):
     asked = []
     now = [0.0]
 
@@ -314,13 +404,51 @@ def test_nft_reader_lists_only_guard_sets_and_looks_again_when_one_has_gone(monk
             cmd, 0, '{"nftables": [{"metainfo": {}}, {"set": {"family": "inet", "table": "torexit_guard", '
                     '"name": "%s", "elem": []}}]}' % cmd[-1], "")
     monkeypatch.setattr(sync.subprocess, "run", run)
-    reader = sync.NftSets(refresh=5, clock=lambda: now[0], names=names)
+
+    def refused():
+        raise PermissionError(1, "Operation not permitted")
+    reader = sync.NftSets(refresh=5, clock=lambda: now[0], names=names, netlink=refused)
     document = reader()
+    assert "netlink not usable" in capsys.readouterr().err
     assert listed == ["ban_hscan_v4_24", "optout_v4"]  # never the detectors' seen sets
     assert [item["set"]["name"] for item in document["nftables"]] == ["ban_hscan_v4_24"]
     now[0] = 1
     reader()
     assert asked == [0, 1]  # a set had gone: the names are read again at once
+
+
+def test_ipset_reader_uses_one_process_and_falls_back_after_an_error(monkeypatch):
+    calls = []
+    state = {"fail": False}
+
+    def run(cmd, **kwargs):
+        calls.append((cmd, kwargs.get("input")))
+        if cmd[1:] == ["list", "-n"]:
+            return sync.subprocess.CompletedProcess(cmd, 0, "torexit_seen_v4\ntorexit_ban_vscan_v4_32\n"
+                                                            "torexit_optout_v4\n", "")
+        if cmd[1:] == ["-"]:
+            if state["fail"]:
+                return sync.subprocess.CompletedProcess(cmd, 0, "ipset> ", "ipset v7.17: The set with the given "
+                                                                           "name does not exist\n")
+            return sync.subprocess.CompletedProcess(cmd, 0, (
+                "ipset> create torexit_ban_vscan_v4_32 hash:ip family inet timeout 600\n"
+                "add torexit_ban_vscan_v4_32 198.18.9.9 timeout 500\n"
+                "ipset> create torexit_optout_v4 hash:net family inet timeout 86400\nipset> "), "")
+        if cmd[1] == "save":
+            return sync.subprocess.CompletedProcess(cmd, 0, f"create {cmd[2]} hash:ip family inet timeout 600\n", "")
+        raise AssertionError(cmd)
+    monkeypatch.setattr(sync.subprocess, "run", run)
+    reader = sync.IpsetSets(clock=lambda: 0.0)
+    text = reader()
+    assert [c for c, _i in calls] == [["ipset", "list", "-n"], ["ipset", "-"]]
+    assert calls[1][1] == "save torexit_ban_vscan_v4_32\nsave torexit_optout_v4\n"
+    entries, skipped = sync.entries_from_ipset(text)
+    assert skipped == 0 and [(str(e["net"]), e["age"]) for e in entries] == [("198.18.9.9/32", 100)]
+    calls.clear()
+    state["fail"] = True
+    reader()
+    assert [c[1] for c, _i in calls] == ["-", "list", "save", "save"]  # fell back to one save per set
+    assert reader.names is None
 
 
 # --- the watch loop, one step at a time -------------------------------------------------
