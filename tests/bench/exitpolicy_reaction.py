@@ -9,6 +9,12 @@ A private Tor network (tests/integration/tornet.py); the egress guard in
 role's sync program in watch mode (as torexit-exitpolicy-sync.service runs it) on
 the exit's control socket. The client is pinned to the hardened exit.
 
+- The hardened exit's own policy gets `ExitPolicy reject *:25` before the fixture's
+  `accept *:*` (a torrc.d file and a SIGHUP, before the sync starts): with an exact
+  accept-all policy a client that meets one EXITPOLICY refusal stops using that exit
+  altogether ("more restrictive than its exit policy") until its next descriptor, so
+  later trials would measure nothing. Real exit policies (default, reduced) are not
+  exact either.
 - Trials: a horizontal scan of a fresh /24 on port 22 through Tor (25 streams/s).
   Detection is the moment the ban appears in the guard's set (polled every 10 ms);
   the first refusal is the first STREAM event with REMOTE_REASON=EXITPOLICY at the
@@ -25,6 +31,7 @@ the lab's own internet namespace (reserved ranges).
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -108,6 +115,16 @@ def main(argv=None):
     with T.TorNet() as net:
         out["network_ready_s"] = net.timings.get("ready_s")
         net.apply_guard("exitpolicy")
+        with open(os.path.join(net.hx.torrc_d, "05-lab-policy.conf"), "w") as f:
+            f.write("ExitPolicy reject *:25\n")
+        os.kill(net.hx.pid, signal.SIGHUP)
+        probe = net.control()
+        deadline = time.monotonic() + 180
+        while "p accept 1-24,26-65535" not in probe.getinfo("md/id/" + net.hx.fingerprint):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the client did not get the exit's new policy summary")
+            time.sleep(2)
+        out["policy_summary_after_s"] = round(180 - (deadline - time.monotonic()), 1)
         log = os.path.join(net.work, "sync.log")
         sync = start_sync(net, log, args.batch_min, args.batch_max)
         hx = net.hx_control()

@@ -660,7 +660,8 @@ def nft_set_json(name, info, elements):
 
     elems = []
     if info["flags"] & NFT_SET_INTERVAL and key_len in (4, 16):
-        ordered = sorted(elements, key=lambda e: e["key"])
+        # an end equals the next start when two ranges touch: the end sorts first
+        ordered = sorted(elements, key=lambda e: (e["key"], not e["flags"] & NFT_SET_ELEM_INTERVAL_END))
         for i, element in enumerate(ordered):
             if element["flags"] & NFT_SET_ELEM_INTERVAL_END:
                 continue
@@ -671,6 +672,8 @@ def nft_set_json(name, info, elements):
                 high = int.from_bytes(ordered[i + 1]["key"], "big") - 1
             else:
                 high = (1 << (8 * alen)) - 1  # open to the end of the address space
+            if high < low:
+                continue  # not a range: leave it out rather than guess
             lo_addr, hi_addr = (_address(v.to_bytes(alen, "big")) for v in (low, high))
             elems.append(meta(element, lo_addr if low == high else {"range": [lo_addr, hi_addr]}))
     else:

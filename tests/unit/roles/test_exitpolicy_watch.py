@@ -363,6 +363,15 @@ def test_netlink_elements_become_what_nft_prints():
     assert [str(e["net"]) for e in entries] == ["198.18.5.0/24", "198.18.9.1/32", "198.18.10.0/30",
                                                  "198.18.10.4/31", "255.255.255.0/24"]
     assert {e["age"] for e in entries} == {1, 100}
+    # ranges that touch (an end equals the next start) and nft's 0.0.0.0 end element
+    touching = sync.parse_elements(sync.nl_messages([newsetelem(
+        b"torexit_guard", b"optout_v4",
+        element(v4("244.1.2.0"), flags=end), element(v4("244.1.1.0"), timeout_ms=3600000, expires_ms=3600000),
+        element(v4("244.1.1.0"), flags=end), element(v4("244.1.0.0"), timeout_ms=3600000, expires_ms=3600000),
+        element(v4("0.0.0.0"), flags=end))])[0])
+    entries, skipped = sync.entries_from_nft({"nftables": [sync.nft_set_json(
+        "optout_v4", {"flags": 0x14, "key_len": 4, "timeout": None}, touching)]})
+    assert skipped == 0 and [str(e["net"]) for e in entries] == ["244.1.0.0/24", "244.1.1.0/24"]
     # a set type the key layout does not fit: nothing, not a wrong address
     assert sync.nft_set_json("ban_x_v4_32", {"flags": 0, "key_len": 12, "timeout": None},
                              [{"key": b"\0" * 12, "key_end": None, "flags": 0, "timeout": None,
