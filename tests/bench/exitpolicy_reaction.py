@@ -15,7 +15,8 @@ the exit's control socket. The client is pinned to the hardened exit.
   altogether ("more restrictive than its exit policy") until its next descriptor, so
   later trials would measure nothing. Real exit policies (default, reduced) are not
   exact either.
-- Trials: a horizontal scan of a fresh /24 on port 22 through Tor (25 streams/s).
+- Trials: a horizontal scan of a fresh /24, each on its own high port, through Tor
+  (25 streams/s; the guard bans a /24 after 32 hosts of one port).
   Detection is the moment the ban appears in the guard's set (polled every 10 ms);
   the first refusal is the first STREAM event with REMOTE_REASON=EXITPOLICY at the
   client. Trials are `--spacing` seconds apart, longer than the sync's batching
@@ -43,11 +44,13 @@ TOP = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
 import tornet as T  # noqa: E402
 
+L = T.L  # the bench lab (ports of its servers)
+
 SYNC = os.path.join(TOP, "roles", "tor_exit", "files", "torexit_exitpolicy_sync.py")
 
 
-def ban_appears(net, key, stop, box, interval=0.01):
-    """Poll the guard's /24 ban set until (`key` . 22) is in it; box['t'] = when."""
+def ban_appears(net, key, port, stop, box, interval=0.01):
+    """Poll the guard's /24 ban set until (`key` . `port`) is in it; box['t'] = when."""
     while not stop.is_set():
         proc = subprocess.run(["ip", "netns", "exec", net.relay_ns, "nft", "-j", "list", "set", "inet",
                                "torexit_guard", "ban_hscan_v4_24"], capture_output=True, text=True, check=False)
@@ -56,7 +59,7 @@ def ban_appears(net, key, stop, box, interval=0.01):
             for item in json.loads(proc.stdout)["nftables"]:
                 for elem in item.get("set", {}).get("elem", []):
                     val = elem.get("elem", {}).get("val", elem)
-                    if isinstance(val, dict) and val.get("concat") == [key, 22]:
+                    if isinstance(val, dict) and val.get("concat") == [key, port]:
                         box["t"] = t
                         return
         time.sleep(interval)
@@ -80,27 +83,35 @@ def start_sync(net, log, batch_min, batch_max):
                      "--batch-min", str(batch_min), "--batch-max", str(batch_max), env=net.sync_env(), log=log)
 
 
-def trial(net, client, i, seconds):
-    prefix = "198.18.%d" % (100 + i)
+def trial(net, client, hx, i, seconds):
+    """One sweep of a fresh /24; returns the row and the exit's events (DESCCHANGED,
+    CONF_CHANGED) seen meanwhile."""
+    # a fresh /24 and port each time: the guard's /16 level counts hosts per port
+    prefix, port = "198.18.%d" % (100 + i), L.torrent_ports()[i]
     stop, box = threading.Event(), {}
-    poller = threading.Thread(target=ban_appears, args=(net, prefix + ".0", stop, box))
+    poller = threading.Thread(target=ban_appears, args=(net, prefix + ".0", port, stop, box))
     poller.start()
     client.take()
-    result = net.run(T.socks_many(T.SOCKS_PORT, [(f"{prefix}.{h}", 22) for h in range(1, 255)], concurrency=10,
+    result = net.run(T.socks_many(T.SOCKS_PORT, [(f"{prefix}.{h}", port) for h in range(1, 255)], concurrency=10,
                                   rate=25, seconds=seconds, timeout=5, connect_only=True))
     stop.set()
     poller.join()
-    events = client.take()
+    events, exit_events = client.take(), hx.take()
     refused = [t for t, line in events if " STREAM " in line and "REMOTE_REASON=EXITPOLICY" in line
                and f" {prefix}." in line]
     row = {"trial": i + 1, "streams": result["tried"], "outcomes": result["counts"]}
     if "t" in box and refused:
-        row["detect_to_refusal_s"] = round(min(refused) - box["t"], 3)
+        detect = box["t"]
+        row["detect_to_refusal_s"] = round(min(refused) - detect, 3)
+        setconf = [t for t, line in exit_events if line.startswith("650-CONF_CHANGED") and t > detect]
+        if setconf:
+            row["detect_to_setconf_s"] = round(min(setconf) - detect, 3)
+            row["setconf_to_refusal_s"] = round(min(refused) - min(setconf), 3)
         row["ok_after_detection"] = sum(1 for t, line in events if " STREAM " in line and " SUCCEEDED " in line
-                                        and f" {prefix}." in line and t > box["t"])
+                                        and f" {prefix}." in line and t > detect)
     else:
         row["missing"] = "no ban seen" if "t" not in box else "no EXITPOLICY refusal"
-    return row
+    return row, exit_events
 
 
 def main(argv=None):
@@ -120,7 +131,7 @@ def main(argv=None):
         os.kill(net.hx.pid, signal.SIGHUP)
         probe = net.control()
         deadline = time.monotonic() + 180
-        while "p accept 1-24,26-65535" not in probe.getinfo("md/id/" + net.hx.fingerprint):
+        while "p reject 25" not in probe.getinfo("md/id/" + net.hx.fingerprint):
             if time.monotonic() > deadline:
                 raise RuntimeError("the client did not get the exit's new policy summary")
             time.sleep(2)
@@ -128,24 +139,27 @@ def main(argv=None):
         log = os.path.join(net.work, "sync.log")
         sync = start_sync(net, log, args.batch_min, args.batch_max)
         hx = net.hx_control()
-        hx.subscribe("DESCCHANGED")
+        hx.subscribe("DESCCHANGED", "CONF_CHANGED")
         client = net.control()
         client.subscribe("STREAM")
         net.pin(net.hx)
         time.sleep(2)
         hx.take()
+        exit_events = []
         for i in range(args.trials):
             start = time.monotonic()
-            row = trial(net, client, i, seconds=min(12.0, args.spacing - 4))
+            row, more = trial(net, client, hx, i, seconds=min(12.0, args.spacing - 4))
+            exit_events += more
             out["trials"].append(row)
             print(json.dumps(row), flush=True)
             time.sleep(max(0.0, args.spacing - (time.monotonic() - start)))
-        out["trials_descriptors"] = descs(hx.take())
+        out["trials_descriptors"] = descs(exit_events + hx.take())
         out["trials_updates"] = updates(log)
-        times = [r["detect_to_refusal_s"] for r in out["trials"] if "detect_to_refusal_s" in r]
-        if times:
-            out["detect_to_refusal_s"] = {"n": len(times), "median": round(statistics.median(times), 3),
-                                          "min": min(times), "max": max(times)}
+        for key in ("detect_to_refusal_s", "detect_to_setconf_s", "setconf_to_refusal_s"):
+            times = [r[key] for r in out["trials"] if key in r]
+            if times:
+                out[key] = {"n": len(times), "median": round(statistics.median(times), 3),
+                            "min": min(times), "max": max(times)}
 
         # the role's default batching from here on
         net.stop(sync)
@@ -166,17 +180,24 @@ def main(argv=None):
 
         base = updates(log)
         t0 = time.monotonic()
-        pairs = [("198.18.%d.%d" % (150 + k // 50, 1 + k % 50), 22) for k in range(30 * 50)]
+        sweep_port = L.torrent_ports()[50]
+        pairs = [("198.18.%d.%d" % (150 + k // 50, 1 + k % 50), sweep_port) for k in range(30 * 50)]
         net.run(T.socks_many(T.SOCKS_PORT, pairs, concurrency=10, rate=25, seconds=62, timeout=5,
                              connect_only=True))
         time.sleep(65)
         out["moving_sweep"] = {"prefixes": 30, "seconds": round(time.monotonic() - t0, 1),
-                               "bans": len([1 for line in open(net.exitpolicy_file) if ":22" in line]),
+                               "lines_for_the_port": len([1 for line in open(net.exitpolicy_file)
+                                                          if line.strip().endswith(":%d" % sweep_port)]),
                                "updates": updates(log) - base, "descriptors": descs(hx.take())}
         print(json.dumps(out["moving_sweep"]), flush=True)
-        with open(log) as f:
-            printed = f.read()
+        printed = ""
+        for name in ("sync.log", "sync-defaults.log"):
+            with open(os.path.join(net.work, name)) as f:
+                printed += f.read()
         out["log_has_addresses"] = any(s in printed for s in ("198.18.", "244."))
+        os.makedirs("/tmp/exitpolicy-reaction", exist_ok=True)
+        with open("/tmp/exitpolicy-reaction/sync.log", "w") as f:
+            f.write(printed)  # counts only (checked above)
     print(json.dumps(out, indent=1))
     return 0
 
