@@ -248,19 +248,34 @@ def aggregate(entries, prefix_v4=32, prefix_v6=128):
     return out
 
 
-def select(entries, max_lines):
-    """At most max_lines entries: opt-outs first, then the most recent bans.
+def descriptor_bytes(entry):
+    """Bytes an entry adds to the relay descriptor tor uploads: IPv4 lines are listed
+    one by one ("reject 198.18.7.0/24:22"), IPv6 ones only in the ipv6-policy port
+    summary, so they add nothing there. Directory authorities refuse descriptors over
+    20,000 bytes (MAX_DESCRIPTOR_UPLOAD_SIZE)."""
+    if entry["net"].version != 4:
+        return 0
+    return len(f"reject {_target(entry['net'])}:{_port_text(entry['port'])}\n")
+
+
+def select(entries, max_lines, max_bytes=None):
+    """At most max_lines entries, and IPv4 lines of at most max_bytes in the
+    descriptor: opt-outs first, then the most recent bans.
 
     Duplicates are dropped. The result is sorted (IPv4 before IPv6, then by
     address and port) so that the same sets always give the same file.
     """
     ranked = sorted(entries, key=lambda e: (e["kind"] != "optout", e["age"]))
-    chosen, seen = [], set()
+    chosen, seen, used = [], set(), 0
     for entry in ranked:
         key = (entry["net"], entry["port"])
         if key in seen:
             continue
         seen.add(key)
+        size = descriptor_bytes(entry)
+        if max_bytes is not None and used + size > max_bytes:
+            continue  # an IPv6 line may still fit
+        used += size
         chosen.append(entry)
         if len(chosen) >= max_lines:
             break
@@ -441,7 +456,7 @@ def plan(args, document, saved):
     entries, skipped = entries_from_nft(document or {"nftables": []})
     more, more_skipped = entries_from_ipset(saved or "")
     entries, skipped = aggregate(entries + more, args.prefix_v4, args.prefix_v6), skipped + more_skipped
-    chosen = select(entries, args.max_lines)
+    chosen = select(entries, args.max_lines, args.max_bytes)
     optouts = sum(1 for e in chosen if e["kind"] == "optout")
     counts = (f"{len(chosen)} reject lines ({optouts} opt-outs, {len(chosen) - optouts} bans; "
               f"{max(len({(e['net'], e['port']) for e in entries}) - len(chosen), 0)} over the limit, "
@@ -1063,6 +1078,9 @@ def parse_args(argv):
     parser.add_argument("--reader", action="append", default=[],
                         help="another group that may read the file, through a POSIX ACL (repeatable)")
     parser.add_argument("--max-lines", type=int, default=500, help="at most this many reject lines")
+    parser.add_argument("--max-bytes", type=int, default=10000,
+                        help="IPv4 reject lines add at most this many bytes to the relay descriptor "
+                             "(authorities refuse descriptors over 20000 bytes)")
     parser.add_argument("--prefix-v4", type=int, default=32,
                         help="widen IPv4 rejects to at most this prefix length (e.g. 24)")
     parser.add_argument("--prefix-v6", type=int, default=128,
@@ -1088,6 +1106,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.max_lines < 1:
         parser.error("--max-lines must be at least 1")
+    if not 100 <= args.max_bytes <= 18000:
+        parser.error(f"--max-bytes must be 100 to 18000, not {args.max_bytes}")
     if not 8 <= args.prefix_v4 <= 32:
         parser.error(f"--prefix-v4 must be 8 to 32, not {args.prefix_v4}")
     if not 16 <= args.prefix_v6 <= 128:

@@ -224,6 +224,23 @@ def test_line_budget_holds_after_aggregation_and_prefers_opt_outs_then_young_ban
     assert len(sync.select(sync.aggregate(bans + optouts, prefix_v4=16), 5)) == 2
 
 
+def test_descriptor_byte_budget_counts_ipv4_lines_only():
+    bans = [entry("ban", f"198.18.{i}.0/24", 20000 + i, age=i) for i in range(100)]
+    v6 = [entry("ban", "2001:db8:%x::/48" % i, 443, age=i) for i in range(20)]
+    line = "reject 198.18.10.0/24:20010\n"
+    assert sync.descriptor_bytes(bans[10]) == len(line) and sync.descriptor_bytes(v6[0]) == 0
+    chosen = sync.select(bans + v6, 500, max_bytes=10 * len(line))
+    v4 = [e for e in chosen if e["net"].version == 4]
+    assert len(v4) == 10 and sum(map(sync.descriptor_bytes, v4)) <= 10 * len(line)
+    assert sorted(e["age"] for e in v4) == list(range(10))      # the youngest bans
+    assert len(chosen) == 30                                      # IPv6 lines cost no descriptor bytes
+    # the role's defaults: 500 lines, 10,000 bytes (a /24 line with a 5-digit port is 26-30 bytes)
+    assert len(sync.select(bans * 1, 500, 10000)) == 100
+    many = [entry("ban", f"198.{16 + i // 256}.{i % 256}.0/24", 20000, age=i) for i in range(600)]
+    chosen = sync.select(many, 500, 10000)
+    assert 10000 - 30 < sum(map(sync.descriptor_bytes, chosen)) <= 10000 and len(chosen) < 500
+
+
 def test_nft_elements_with_the_sets_default_timeout_get_an_age():
     document = doc(nft_set("ban_hscan_v4_24", [
         {"elem": {"val": {"concat": ["198.18.1.0", 22]}, "expires": 590}},
@@ -242,6 +259,7 @@ def test_option_defaults_and_instances():
 
 def test_option_errors_name_the_option_and_value(capsys):
     for argv, message in ((["--prefix-v4", "33"], "--prefix-v4 must be 8 to 32, not 33"),
+                          (["--max-bytes", "50000"], "--max-bytes must be 100 to 18000, not 50000"),
                           (["--batch-min", "9", "--batch-max", "3"], "--batch-min (9.0) must be between 0 "
                                                                      "and --batch-max (3.0)"),
                           (["--control", "/run/tor/control"], "one --control per --reload unit (1 for 0)")):
