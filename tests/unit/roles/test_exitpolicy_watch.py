@@ -363,7 +363,7 @@ def test_netlink_elements_become_what_nft_prints():
 
     v6set = sync.parse_elements(sync.nl_messages([newsetelem(
         b"torexit_guard", b"ban_hscan_v6_48", element(v6("2001:db8:1::") + port22, expires_ms=1000))])[0])
-    entries, _ = sync.entries_from_nft({"nftables": [sync.nft_set_json(
+    entries, _skipped = sync.entries_from_nft({"nftables": [sync.nft_set_json(
         "ban_hscan_v6_48", {"flags": 0x10, "key_len": 20, "timeout": 600}, v6set)]})
     assert [(str(e["net"]), e["port"]) for e in entries] == [("2001:db8:1::/48", 22)]
 
@@ -376,10 +376,10 @@ def test_netlink_elements_become_what_nft_prints():
         element(v4("198.18.10.6"), flags=end), element(v4("198.18.10.0"), timeout_ms=3600000, expires_ms=3599000),
         element(v4("198.18.9.2"), flags=end), element(v4("198.18.9.1"), timeout_ms=7200000, expires_ms=7199000),
         element(v4("198.18.6.0"), flags=end), element(v4("198.18.5.0"), timeout_ms=3600000, expires_ms=3599000))])[0])
-    entries, _ = sync.entries_from_nft({"nftables": [sync.nft_set_json(
+    entries, _skipped = sync.entries_from_nft({"nftables": [sync.nft_set_json(
         "optout_v4", {"flags": 0x14, "key_len": 4, "timeout": None}, optout)]})
-    assert [str(e["net"]) for e in entries] == ["198.18.5.0/24", "198.18.9.1/32", "198.18.10.0/30",
-                                                 "198.18.10.4/31", "255.255.255.0/24"]
+    assert [str(e["net"]) for e in entries] == [
+        "198.18.5.0/24", "198.18.9.1/32", "198.18.10.0/30", "198.18.10.4/31", "255.255.255.0/24"]
     assert {e["age"] for e in entries} == {1, 100}
     # ranges that touch (an end equals the next start) and nft's 0.0.0.0 end element
     touching = sync.parse_elements(sync.nl_messages([newsetelem(
@@ -402,8 +402,8 @@ def test_read_nft_netlink_reads_only_guard_sets_and_an_absent_table_is_empty():
     def dump(msg, attrs):
         asked.append((msg, [v for _k, v in attrs]))
         if msg == sync.NFT_MSG_GETSET:
-            return sync.nl_messages([newset(b"torexit_guard", b"seen_v4") + newset(b"torexit_guard", b"ban_vscan_v4_32",
-                                                                                    key_len=4)])[0]
+            sets = newset(b"torexit_guard", b"seen_v4") + newset(b"torexit_guard", b"ban_vscan_v4_32", key_len=4)
+            return sync.nl_messages([sets])[0]
         return sync.nl_messages([newsetelem(b"torexit_guard", b"ban_vscan_v4_32", element(v4("198.18.9.9")))])[0]
     document = sync.read_nft_netlink(dump=dump)
     assert [v for _m, v in asked] == [[b"torexit_guard\0"], [b"torexit_guard\0", b"ban_vscan_v4_32\0"]]
@@ -553,7 +553,7 @@ def test_watch_relearns_the_base_after_a_reload_and_reloads_a_stale_tor_once(tor
     fake.policy = ["reject 198.18.5.0/24:8080", "accept *:80", "accept *:443"]
     fake.event("SIGNAL RELOAD")
     clock.now += 1
-    for _ in range(50):
+    for _attempt in range(50):
         w.step()
         if w.instances[0].base == ["accept *:80", "accept *:443"]:
             break
