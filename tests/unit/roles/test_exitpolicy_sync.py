@@ -334,21 +334,25 @@ def test_sync_reads_the_ipsets_when_there_is_no_nft_table(tmp_path, monkeypatch)
     summary = sync.sync(args_for(tmp_path, torrc=["/etc/tor/torrc"], reload=["tor@default.service"]))
     assert calls[0] == ["nft", "-j", "list", "table", "inet", "torexit_guard"]
     assert calls[1] == ["ipset", "list", "-n"]
-    assert summary.startswith("updated") and "10 reject lines (4 opt-outs, 6 bans" in summary
+    # 10 elements: ports 80, 81, 82 of one /24 are one line, [2001:db8:5::1] is inside an opt-out /64
+    assert summary.startswith("updated") and "7 reject lines (3 opt-outs, 4 bans" in summary
     assert "1 unreadable" in summary and "198.18" not in summary and "2001:db8" not in summary
     text = (tmp_path / "10-torexit-guard.conf").read_text()
-    assert "ExitPolicy reject 198.18.7.0/24:22\n" in text and "ExitPolicy reject [2001:db8:5::1]:*\n" in text
+    assert "ExitPolicy reject 198.18.7.0/24:22\n" in text and "ExitPolicy reject 198.18.8.0/24:80-82\n" in text
+    assert "ExitPolicy reject [2001:db8:5::]/64:*\n" in text and "[2001:db8:5::1]" not in text
 
 
 def test_sync_unions_a_leftover_nft_table_and_the_ipsets(tmp_path):
     summary = sync.sync(args_for(tmp_path), REAL, IPSET_SAVE)
     out = lines((tmp_path / "10-torexit-guard.conf").read_text())
     assert "ExitPolicy reject 198.18.10.0/30:*" in out       # only in the nft table
-    assert "ExitPolicy reject 198.18.8.0/24:81" in out       # only in the ipsets
+    assert "ExitPolicy reject 198.18.8.0/24:80-82" in out    # only in the ipsets
     assert out.count("ExitPolicy reject 198.18.7.0/24:22") == 1  # in both, written once
-    # 9 lines from the table, 10 from the ipsets, 4 of them in both
-    assert len(out) == len(set(out)) == 15
-    assert summary.startswith("updated, reloaded nothing: 15 reject lines")
+    # the table's opt-out [2001:db8:5::]/48 covers the ipsets' /64 and its host
+    assert "ExitPolicy reject [2001:db8:5::]/64:*" not in out
+    # 9 lines from the table, 7 from the ipsets: 4 of them in both, one inside the /48
+    assert len(out) == len(set(out)) == 11
+    assert summary.startswith("updated, reloaded nothing: 11 reject lines")
 
 
 def test_main_reads_an_ipset_save_file(tmp_path, capsys):
@@ -356,13 +360,16 @@ def test_main_reads_an_ipset_save_file(tmp_path, capsys):
     src.write_text(IPSET_SAVE)
     rc = sync.main(["--output", str(tmp_path / "out.conf"), "--ipset-save", str(src), "--max-lines", "3"])
     assert rc == 0
-    # the limit keeps opt-outs first, the youngest (set timeout - seconds left) first:
-    # 198.18.5.0/24 (86400 - 29) is the oldest of the four and left out
+    # the limit keeps opt-outs first: the three left once the /64 covers [2001:db8:5::1]
     assert lines((tmp_path / "out.conf").read_text()) == [
-        "ExitPolicy reject 198.18.9.1:*", "ExitPolicy reject [2001:db8:5::]/64:*",
-        "ExitPolicy reject [2001:db8:5::1]:*"]
+        "ExitPolicy reject 198.18.5.0/24:*", "ExitPolicy reject 198.18.9.1:*",
+        "ExitPolicy reject [2001:db8:5::]/64:*"]
     printed = capsys.readouterr().out
-    assert "3 reject lines (3 opt-outs, 0 bans; 7 over the limit, 1 unreadable)" in printed
+    assert "3 reject lines (3 opt-outs, 0 bans; 4 over the limit, 1 unreadable)" in printed
+    rc = sync.main(["--output", str(tmp_path / "out.conf"), "--ipset-save", str(src), "--max-lines", "2"])
+    # two: the youngest opt-outs (set timeout - seconds left); 198.18.5.0/24 (86400 - 29) is the oldest
+    assert lines((tmp_path / "out.conf").read_text()) == [
+        "ExitPolicy reject 198.18.9.1:*", "ExitPolicy reject [2001:db8:5::]/64:*"]
 
 
 def test_an_ipset_error_stops_the_sync_only_without_an_nft_table(tmp_path, monkeypatch, capsys):
