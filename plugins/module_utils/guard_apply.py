@@ -82,6 +82,12 @@ def _mode(path):
     return os.stat(path).st_mode & 0o7777 if os.path.exists(path) else None
 
 
+def _spliced_mode(path):
+    """A file we splice our block into (ufw's rules files) then holds prefixes:
+    never group-writable nor readable by others (0640 or tighter)."""
+    return _mode(path) & ~0o027
+
+
 # --- present ---------------------------------------------------------------------------
 
 def make_plan(env, desired, live):
@@ -121,7 +127,7 @@ def _diff(plan, changed):
 
 def _write_files(module, env, plan, undo):
     """Write and remove files, remembering what was there for _undo()."""
-    writes = [(path, new, _mode(path)) for path, (old, new) in plan.edited.items() if old != new]
+    writes = [(path, new, _spliced_mode(path)) for path, (old, new) in plan.edited.items() if old != new]
     writes += [(path,) + plan.desired.files[path] for path in plan.write]
     for path, content, mode in writes:
         undo.append((path, host.read(path), _mode(path)))

@@ -43,7 +43,7 @@ def sweep_pairs(n, seed):
 
 def web_pairs(n, seed):
     it = loadgen.targets({"t": "web"}, seed)
-    return [next(it) for _ in range(n)]
+    return [next(it) for _i in range(n)]
 
 
 class Poller:
@@ -89,7 +89,7 @@ def sc_sweep(net, variant, seed):
     legit_hosts = L.hosts_of(L.LEGIT_NET, 20, 51)
     legit = [(h, 22) for h in legit_hosts[:5]] + [(h, 443) for h in legit_hosts[5:]]
     rnd = random.Random(seed)
-    legit = [rnd.choice(legit) for _ in range(2 * SWEEP_SECONDS)]
+    legit = [rnd.choice(legit) for _i in range(2 * SWEEP_SECONDS)]
     ev = net.control()
     ev.subscribe("STREAM")
     c0 = net.lab.counters()
@@ -307,4 +307,3 @@ def available():
     if not T.user_exists(T.TOR_USER):
         return "no %s user" % T.TOR_USER
     return None
-

@@ -215,7 +215,7 @@ class Control:
         first = lines[0][4:]
         if first.startswith(key + "="):
             rest = first[len(key) + 1:]
-            return "\n".join(([rest] if rest else []) + [x for x in lines[1:-1]])
+            return "\n".join(([rest] if rest else []) + list(lines[1:-1]))
         return "\n".join(lines[1:-1])
 
     def subscribe(self, *events):

@@ -425,15 +425,15 @@ def test_main_refuses_a_file_node_exporter_would_not_read(tmp_path):
 # --- the names the exporter relies on are the collection's ------------------------
 
 def test_names_match_the_guard_backends():
-    from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables, guard_nftables, guard_ufw
+    from ansible_collections.torexit.hardening.plugins.module_utils import guard_common, guard_nftables, guard_ufw, guard_xtables
 
-    assert list(metrics.COUNTER_NAMES) == [name for name, _comment in guard_nftables.COUNTERS]
+    assert list(metrics.COUNTER_NAMES) == guard_common.COUNTER_NAMES
     assert metrics.TABLE == (guard_nftables.FAMILY, guard_nftables.TABLE)
-    assert metrics.CHAINS == guard_iptables.HEAD_CHAINS + guard_iptables.TAIL_CHAINS
-    assert metrics.CHAIN_PREFIXES == {"iptables": guard_iptables.CHAIN_PREFIX, "ufw": guard_ufw.CHAIN_PREFIX}
-    assert metrics.IPSET_PREFIX == guard_iptables.SET_PREFIX
-    assert metrics.DIGEST_TAG == guard_iptables.DIGEST_TAG
+    assert metrics.CHAINS == guard_xtables.HEAD_CHAINS + guard_xtables.TAIL_CHAINS
+    assert metrics.CHAIN_PREFIXES == {"iptables": guard_xtables.CHAIN_PREFIX, "ufw": guard_ufw.CHAIN_PREFIX}
+    assert metrics.IPSET_PREFIX == guard_xtables.SET_PREFIX
+    assert metrics.DIGEST_TAG == guard_xtables.DIGEST_TAG
     policy = {"flood": {"ban_time": 300}, "ban_time": 600,
               "horizontal_scan": {"prefixes_v4": [24, 16], "prefixes_v6": [48, 32]}}
-    for name, _typ, _key, det, _ban in guard_nftables.ban_sets(policy):
-        assert metrics.SET_NAME_RE.match(name) and name.startswith("ban_") and det in metrics.DETECTORS
+    for ban in guard_common.ban_sets(policy):
+        assert metrics.SET_NAME_RE.match(ban.name) and ban.name.startswith("ban_") and ban.detector in metrics.DETECTORS

@@ -8,10 +8,11 @@ import importlib.machinery
 import importlib.util
 import os
 import stat
+import types
 
 import pytest
 
-from ansible_collections.torexit.hardening.plugins.modules import egress_guard
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_apply
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SYNC = os.path.join(TOP, "roles", "tor_exit", "files", "torexit_exitpolicy_sync.py")
@@ -59,6 +60,9 @@ def test_ufw_rules_files_holding_our_block_are_never_world_readable(tmp_path, be
     rules = tmp_path / "before.rules"
     rules.write_text("*filter\nCOMMIT\n")
     os.chmod(rules, before)
-    egress_guard._ufw_write(FakeModule(), {"v4": (str(rules), "*filter\nCOMMIT\n", "*filter\n# ours\nCOMMIT\n")})
+    plan = types.SimpleNamespace(edited={str(rules): ("*filter\nCOMMIT\n", "*filter\n# ours\nCOMMIT\n")},
+                                 write=(), remove=(), desired=types.SimpleNamespace(files={}))
+    undo = []
+    guard_apply._write_files(FakeModule(), types.SimpleNamespace(systemd=False), plan, undo)
     assert stat.S_IMODE(os.stat(rules).st_mode) == after
     assert rules.read_text() == "*filter\n# ours\nCOMMIT\n"
