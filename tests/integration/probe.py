@@ -2,7 +2,9 @@
 
 The spec lists destinations ([address, port] pairs) and a concurrency. Each
 destination gets one TCP connect with a short timeout; the result counts
-`ok`, `refused` and `timeout`. Bounded: at most 300,000 destinations and 120 s.
+`ok`, `refused` and `timeout`. With `"hold": SECONDS` a client keeps each
+connection that long, as an upload sends its data, then waits for the server to
+close first, as an upload waits for the server's answer. Bounded: at most 300,000 destinations and 120 s.
 """
 import asyncio
 import json
@@ -12,10 +14,13 @@ import time
 MAX_DEST, MAX_SECONDS = 300000, 120
 
 
-async def one(addr, port, timeout, counts):
+async def one(addr, port, timeout, counts, hold=None):
     try:
-        _r, w = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
+        r, w = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
         counts["ok"] += 1
+        if hold is not None:
+            await asyncio.sleep(hold)
+            await asyncio.wait_for(r.read(), timeout)
         w.close()
     except ConnectionRefusedError:
         counts["refused"] += 1
@@ -34,7 +39,7 @@ async def main(spec):
     async def guarded(addr, port):
         async with sem:
             if time.monotonic() < deadline:
-                await one(addr, port, timeout, counts)
+                await one(addr, port, timeout, counts, spec.get("hold"))
 
     await asyncio.gather(*(guarded(a, p) for a, p in dests))
     print(json.dumps(counts))

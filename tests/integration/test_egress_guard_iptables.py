@@ -2,7 +2,7 @@
 mode, sweep stopped while uploads pass, info counters, and absent removing only
 the guard's chains and sets."""
 from conftest import ansible_module
-from test_egress_guard import listen, probe
+from test_egress_guard import UPLOAD_HOLD, listen, probe
 
 GUARD = "torexit.hardening.egress_guard"
 BASE = {"owner": "any", "persist": False, "backend": "iptables"}
@@ -70,7 +70,7 @@ def test_sweep_is_stopped_while_uploads_and_other_hosts_pass(lab):
     ansible_module(lab.relay, GUARD, BASE)
     sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(3000)])
     assert sweep["ok"] <= 64 and sweep["refused"] >= 2900, sweep
-    upload = probe(lab, [["198.19.7.7", 443]] * 300, concurrency=6)
+    upload = probe(lab, [["198.19.7.7", 443]] * 300, concurrency=6, hold=UPLOAD_HOLD)
     assert upload == {"ok": 300, "refused": 0, "timeout": 0}
     ssh_elsewhere = probe(lab, [["198.19.%d.10" % i, 22] for i in range(1, 11)])
     assert ssh_elsewhere["ok"] == 10, ssh_elsewhere
