@@ -348,6 +348,10 @@ class TorNet:
             os.chown(path, user.pw_uid, user.pw_gid)
         os.chmod(self.hx.dir, 0o755)
         os.chmod(self.hx.run, 0o2750)
+        # as the tor_exit role makes it: setgid debian-tor, so the sync's 0640 rejects
+        # file is readable by tor, which re-reads its config as debian-tor on a reload
+        os.chown(self.hx.torrc_d, 0, user.pw_gid)
+        os.chmod(self.hx.torrc_d, 0o2755)
 
     def _authority_keys(self, node):
         keys = os.path.join(node.data, "keys")
