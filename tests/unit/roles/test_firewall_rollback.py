@@ -311,3 +311,29 @@ def test_a_save_of_the_earlier_version_is_cut_down_before_its_restore(rbdir):
         assert "198.18.77" not in p.read_text() and "192.0.2.66" not in p.read_text()
     assert json.loads((tmp_path / "iptables.json").read_text()) == rb.ipt_ours(IPT_BEFORE)
     assert rb.ipt_ours(nat + IPT_BEFORE)["policies"]["INPUT"] == "ACCEPT"   # the filter table's, not nat's
+
+
+def test_save_writes_no_destination_and_confirm_deletes_it(tmp_path, monkeypatch):
+    """save() as the role's arming runs it, against a kernel whose guard sets, ipsets
+    and a foreign iptables chain hold a destination: no saved file names it, and
+    `confirm` removes the whole save."""
+    state = tmp_path / "firewall-rollback"
+    monkeypatch.setattr(rb, "DIR", str(state))
+    monkeypatch.setattr(rb, "PENDING", str(state / "pending"))
+    monkeypatch.setattr(rb, "TABLES", {"torexit_guard": str(tmp_path / "absent.nft")})
+    monkeypatch.setattr(rb, "have", lambda cmd: True)
+    answers = {("nft", "-s", "list", "table", "inet", "torexit_guard"): NFT_TABLE,
+               ("ipset", "save"): IPSET_SAVE,
+               ("iptables-save", "-t", "filter"): IPT_BEFORE.replace("COMMIT", "-A DOCKER-USER -d %s/32 -j DROP\nCOMMIT" % DEST)}
+    monkeypatch.setattr(rb, "run", lambda args, data=None: (0, answers.get(tuple(args), ""), ""))
+    rb.save()
+    saved = sorted(p.name for p in state.iterdir())
+    assert saved == ["ip6tables.json", "ipset", "iptables.json", "nft-torexit_guard", "pending"]
+    assert "set ban_vscan_v4_32 {" in (state / "nft-torexit_guard").read_text()
+    for p in state.iterdir():
+        assert "198.18.77" not in p.read_text(), p.name
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+    monkeypatch.setattr(rb.sys, "argv", ["torexit-firewall-rollback", "confirm"])
+    monkeypatch.setattr(rb.os, "umask", lambda mask: 0o022)   # main() sets it for the whole process
+    rb.main()
+    assert not state.exists()
