@@ -220,7 +220,8 @@ COMMIT
         "COMMIT"]
 
 
-@pytest.mark.parametrize("pending,timer,expect_rc", [(False, "inactive", 0), (True, "active", 3), (True, "inactive", 3)])
+@pytest.mark.parametrize("pending,timer,expect_rc", [(False, "inactive", 0), (True, "active", 3), (True, "inactive", 3),
+                                                     (False, "active", 3)])
 def test_status_refuses_while_a_rollback_is_pending(rbdir, monkeypatch, capsys, pending, timer, expect_rc):
     if pending:
         (rbdir / "pending").write_text("1\n")
@@ -337,3 +338,20 @@ def test_save_writes_no_destination_and_confirm_deletes_it(tmp_path, monkeypatch
     monkeypatch.setattr(rb.os, "umask", lambda mask: 0o022)   # main() sets it for the whole process
     rb.main()
     assert not state.exists()
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_boot_puts_the_saved_files_back_only_when_a_change_was_never_confirmed(rbdir, logged, monkeypatch, pending):
+    """The boot unit runs `boot` before the firewall units: with the marker it unpacks
+    the saved files and forgets the save; without it, it touches nothing."""
+    if pending:
+        (rbdir / "pending").write_text("1\n")
+    calls = []
+    monkeypatch.setattr(rb, "run", lambda args, data=None: (calls.append(args), (0, "", ""))[1])
+    monkeypatch.setattr(rb, "FILES", [])
+    rb.boot()
+    if pending:
+        assert calls == [["tar", "-C", "/", "-xpf", str(rbdir / "files.tar")]]
+        assert not rbdir.exists() and "before the firewall units started" in logged[0]
+    else:
+        assert calls == [] and rbdir.exists() and logged == []
