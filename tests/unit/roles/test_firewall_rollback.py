@@ -39,6 +39,7 @@ def ipt_fake(now, sent):
         return 0, "", ""
     return run
 
+
 # `nft list table` of a guard-like table (nftables 1.0.6), with elements in every set.
 NFT_TABLE = """table inet torexit_guard {
 \tset allow_v4 {
@@ -129,9 +130,9 @@ def test_ipset_save_keeps_our_definitions_and_static_elements_only(rbdir, monkey
 
 def test_ipset_restore_swaps_static_sets_and_leaves_dynamic_ones(rbdir, monkeypatch):
     (rbdir / "ipset").write_text("create torexit_allow_v4 hash:net family inet maxelem 65536\n"
-                                    "add torexit_allow_v4 192.0.2.0/28\n"
-                                    "create torexit_ban_vscan_v4_32 hash:ip family inet maxelem 1024 timeout 600\n"
-                                    "create torexit_deny_v4 hash:net family inet maxelem 65536\n")
+                                 "add torexit_allow_v4 192.0.2.0/28\n"
+                                 "create torexit_ban_vscan_v4_32 hash:ip family inet maxelem 1024 timeout 600\n"
+                                 "create torexit_deny_v4 hash:net family inet maxelem 65536\n")
     calls = []
 
     def run(args, data=None):

@@ -451,7 +451,6 @@ def test_scrub_drops_echoed_input_and_addresses():
     assert "set is full" in out and "Could not process rule" in out
 
 
-
 def test_a_failing_ipset_restore_never_names_the_elements():
     """ipset echoes the element it could not add: the iptables and ufw backends' error
     keeps ipset's reason and line, never the address."""
@@ -464,6 +463,7 @@ def test_a_failing_ipset_restore_never_names_the_elements():
                                "add -exist torexit_tmp_ban_vscan_v4_32 198.18.3.7 timeout 500"])
     assert "Error in line 2" in str(err.value) and "torexit_tmp_ban_vscan_v4_32" in str(err.value)
     assert "198.18" not in str(err.value)
+
 
 # --- issue 17 item 10: concurrent runs of the module are serialized
 
