@@ -82,10 +82,16 @@ TestingV3AuthInitialVotingInterval 20
 TestingV3AuthInitialVoteDelay 4
 TestingV3AuthInitialDistDelay 4
 """
-# accept *:* (see the lab notes): the exits' namespace reaches only the lab internet
+# accept *:* (see the lab notes): the exits' namespace reaches only the lab internet.
+# `reject *:25` first, as in every real exit policy (tor's default and the reduced
+# policy reject 25): with an exact accept-all policy a client that meets one
+# EXITPOLICY refusal stops using the exit for every stream ("seems to be more
+# restrictive than its exit policy": adjust_exit_policy_from_exitpolicy_failure()
+# in tor's relay.c, when node_exit_policy_is_exact()), which real exits never see.
 EXIT = """AssumeReachable 1
 ExitRelay 1
 IPv6Exit 0
+ExitPolicy reject *:25
 ExitPolicy accept *:*
 """
 
@@ -608,16 +614,6 @@ class TorNet:
                 return f.read().splitlines()
         except (AttributeError, OSError):
             return []
-
-    def start_sync_timer(self, interval=60.0, first_delay=None, max_runs=60):
-        """The role's timer (OnBootSec=1min, OnUnitActiveSec=1min): the sync every
-        `interval` seconds, at most `max_runs` times; the first run after
-        `first_delay` (default one interval; a timer running since boot has a
-        random phase). Stop it with stop(proc)."""
-        first = interval if first_delay is None else first_delay
-        loop = ("sleep %.3f; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); sleep %s; done"
-                % (first, max_runs, " ".join(self.sync_command()), interval))
-        return self.spawn("sh", "-c", loop, env=self.sync_env(), log=os.path.join(self.work, "sync.log"))
 
     def clear_exitpolicy(self):
         """Drop the guard's reject lines and reload hx (as the role does when the mode is off)."""
