@@ -14,7 +14,8 @@ the exit's control socket. The client is pinned to the hardened exit.
   accept-all policy a client that meets one EXITPOLICY refusal stops using that exit
   altogether ("more restrictive than its exit policy") until its next descriptor, so
   later trials would measure nothing. Real exit policies (default, reduced) are not
-  exact either.
+  exact either. (tornet.py's exits now carry that line themselves; the bench keeps
+  its own so that it does not depend on it.)
 - Trials: a horizontal scan of a fresh /24, each on its own high port, through Tor
   (25 streams/s; the guard bans a /24 after 32 hosts of one port).
   Detection is the moment the ban appears in the guard's set (polled every 10 ms);
