@@ -6,9 +6,9 @@
 The client's streams are pinned to the hardened exit (ExitNodes, StrictNodes),
 whose tor runs as debian-tor under the egress guard with its default owner.
 Columns: tor-none (no guard), tor-enforce, tor-exitpolicy (the guard records bans
-and the role's real sync program turns them into ExitPolicy rejects, run by a
-stand-in of its once-a-minute timer whose phase is random, as on a host where the
-timer has run since boot). Every number is measured in this run: SYN arrivals
+and torexit-exitpolicy-sync.service, the role's sync program in --watch mode with
+the unit's options and defaults, turns them into ExitPolicy rejects through the
+exit's control socket). Every number is measured in this run: SYN arrivals
 at the lab internet's counters, the guard's detection counter polled every 20 ms,
 and the client's STREAM events (reasons only, never a target).
 """
@@ -30,7 +30,6 @@ import loadgen  # noqa: E402
 import tornet as T  # noqa: E402
 
 SWEEP_RATE, SWEEP_SECONDS, SWEEP_TIMEOUT = 40, 75, 2.0
-SYNC_INTERVAL = 60.0      # torexit-exitpolicy-sync.timer: OnUnitActiveSec=1min
 # the exit's END reasons for a stream it refused: its exit policy, or the kernel's
 # refusal of the connect (the guard's reset or EPERM, which tor reports as MISC)
 REFUSED = ("EXITPOLICY", "MISC", "CONNECTREFUSED")
@@ -139,16 +138,19 @@ def apply(net, name):
         net.apply_guard("enforce")
     elif name == "tor-exitpolicy":
         net.apply_guard("exitpolicy")
-        phase = random.uniform(0, SYNC_INTERVAL)
-        info["timer_phase_s"] = round(phase, 1)
-        info["timer"] = net.start_sync_timer(SYNC_INTERVAL, first_delay=phase)
+        info["service"] = net.start_sync_service()
+        deadline = time.monotonic() + 15
+        while not any(": connected, " in line for line in net.sync_log_lines()):
+            if info["service"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("exitpolicy sync service not connected: %s" % net.sync_log_lines()[-3:])
+            time.sleep(0.1)
     net.pin(net.hx)
     return info
 
 
 def unapply(net, info):
-    if info.get("timer"):
-        net.stop(info.pop("timer"))
+    if info.get("service"):
+        net.stop(info.pop("service"))
     net.remove_guard()
     net.clear_exitpolicy()
 
@@ -252,9 +254,9 @@ def markdown(rows, results, meta):
         cells += [("PASS" if r["pass"][n] else "**FAIL**") if n in r["pass"] else "-" for n in judged]
         out.append("| " + " | ".join(cells) + " |")
     notes = ["", "Private Tor network: %d authorities, hardened exit (debian-tor, guard default owner), plain exit, "
-             "client; up in %.0f s. exitpolicy: the role's sync program every %.0f s (timer phase %s s); "
-             "wall time %.0f s." % (T.N_AUTH, meta["ready_s"], SYNC_INTERVAL,
-                                    results.get("tor-exitpolicy", {}).get("timer_phase_s", "n/a"), meta["wall_s"])]
+             "client; up in %.0f s. exitpolicy: torexit-exitpolicy-sync.service as the role deploys it (--watch, "
+             "its default poll and batching, SETCONF over the exit's control socket); "
+             "wall time %.0f s." % (T.N_AUTH, meta["ready_s"], meta["wall_s"])]
     errs = ["- %s: %s" % (n, results[n]["error"]) for n in names if results[n].get("error")]
     return "\n".join(out + notes + (["", "Errors:"] + errs if errs else [])) + "\n"
 
@@ -269,8 +271,6 @@ def run(out_dir, variants=None, seed=7):
             info = {}
             try:
                 info = apply(net, name)
-                if "timer_phase_s" in info:
-                    vr["timer_phase_s"] = info["timer_phase_s"]
                 for scn, fn in (("sweep", sc_sweep), ("benign", sc_benign)):
                     t = time.monotonic()
                     vr["scenarios"][scn] = fn(net, name, seed)

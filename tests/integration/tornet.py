@@ -82,10 +82,16 @@ TestingV3AuthInitialVotingInterval 20
 TestingV3AuthInitialVoteDelay 4
 TestingV3AuthInitialDistDelay 4
 """
-# accept *:* (see the lab notes): the exits' namespace reaches only the lab internet
+# accept *:* (see the lab notes): the exits' namespace reaches only the lab internet.
+# `reject *:25` first, as in every real exit policy (tor's default and the reduced
+# policy reject 25): with an exact accept-all policy a client that meets one
+# EXITPOLICY refusal stops using the exit for every stream ("seems to be more
+# restrictive than its exit policy": adjust_exit_policy_from_exitpolicy_failure()
+# in tor's relay.c, when node_exit_policy_is_exact()), which real exits never see.
 EXIT = """AssumeReachable 1
 ExitRelay 1
 IPv6Exit 0
+ExitPolicy reject *:25
 ExitPolicy accept *:*
 """
 
@@ -564,15 +570,44 @@ class TorNet:
             raise RuntimeError("exitpolicy sync failed: %s" % r.stderr.strip()[-800:])
         return r.stdout.strip()
 
-    def start_sync_timer(self, interval=60.0, first_delay=None, max_runs=60):
-        """The role's timer (OnBootSec=1min, OnUnitActiveSec=1min): the sync every
-        `interval` seconds, at most `max_runs` times; the first run after
-        `first_delay` (default one interval; a timer running since boot has a
-        random phase). Stop it with stop(proc)."""
-        first = interval if first_delay is None else first_delay
-        loop = ("sleep %.3f; i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); sleep %s; done"
-                % (first, max_runs, " ".join(self.sync_command()), interval))
-        return self.spawn("sh", "-c", loop, env=self.sync_env(), log=os.path.join(self.work, "sync.log"))
+    def service_command(self):
+        """The ExecStart of torexit-exitpolicy-sync.service as the tor_exit role
+        deploys it (its unit template rendered with the role's defaults, one
+        `default` instance), with the lab's paths for the program, the rejects file,
+        hx's torrc and its control socket."""
+        import shlex
+
+        import jinja2
+        import yaml
+        role = os.path.join(TOP, "roles", "tor_exit")
+        with open(os.path.join(role, "defaults", "main.yml")) as f:
+            defaults = yaml.safe_load(f)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        env.filters["dirname"] = os.path.dirname
+        with open(os.path.join(role, "templates", "torexit-exitpolicy-sync.service.j2")) as f:
+            unit = env.from_string(f.read()).render(dict(
+                defaults, ansible_managed="lab", tor_exit_guard_exitpolicy_file=self.exitpolicy_file,
+                tor_exit_instance_list=[{"name": "default", "torrc": self.hx.torrc, "unit": UNIT}]))
+        line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+        lab = {"/usr/local/lib/torexit/torexit_exitpolicy_sync.py": SYNC, "/run/tor/control": self.hx.control_socket}
+        return [lab.get(word, word) for word in shlex.split(line[len("ExecStart="):])]
+
+    def start_sync_service(self, log=None, **override):
+        """torexit-exitpolicy-sync.service (watch mode, the role's defaults) on hx,
+        in the relay namespace, as root like its unit. `override`: option=value
+        (e.g. batch_max=10) replacing the unit's value. Stop it with stop(proc)."""
+        cmd = self.service_command()
+        for key, value in override.items():
+            cmd[cmd.index("--" + key.replace("_", "-")) + 1] = str(value)
+        self.sync_log = log or os.path.join(self.work, "sync-service.log")
+        return self.spawn(*cmd, env=self.sync_env(), log=self.sync_log)
+
+    def sync_log_lines(self):
+        try:
+            with open(self.sync_log) as f:
+                return f.read().splitlines()
+        except (AttributeError, OSError):
+            return []
 
     def clear_exitpolicy(self):
         """Drop the guard's reject lines and reload hx (as the role does when the mode is off)."""

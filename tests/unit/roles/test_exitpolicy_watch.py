@@ -20,7 +20,10 @@ sync = load_role_file("tor_exit", "torexit_exitpolicy_sync.py", "exitpolicy_sync
 
 class FakeTor:
     """A control socket that speaks the part of control-spec.txt the service uses,
-    keeps the ExitPolicy values it was given and records every command."""
+    keeps the ExitPolicy values it was given and records every command. Like tor,
+    it applies a new ExitPolicy to streams (`applied`) only when it rebuilds its
+    descriptor, which GETINFO extra-info/digest/<hex> does at once when it is dirty
+    (answering 552 for a digest that is not its own)."""
 
     def __init__(self, path, cookie_file, policy=(), methods="COOKIE,SAFECOOKIE", refuse=None):
         self.path, self.cookie_file, self.methods = str(path), str(cookie_file), methods
@@ -28,6 +31,7 @@ class FakeTor:
         with open(self.cookie_file, "wb") as f:
             f.write(self.cookie)
         self.policy, self.refuse = list(policy), refuse
+        self.applied, self.rebuild = list(policy), True
         self.commands, self.conns, self.on_reload = [], [], None
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(self.path)
@@ -83,6 +87,9 @@ class FakeTor:
                     else:
                         self.policy = values
                         conn.sendall(b"250 OK\r\n")
+                elif self.rebuild and re.fullmatch(r"GETINFO extra-info/digest/[0-9A-Fa-f]{40}", text):
+                    self.applied = list(self.policy)
+                    conn.sendall(f'552 Unrecognized key "{text[8:]}"\r\n'.encode())
                 elif word == "SETEVENTS":
                     conn.sendall(b"250 OK\r\n")
                 elif text == "SIGNAL RELOAD":
@@ -516,6 +523,9 @@ def test_watch_sets_rejects_before_the_instances_own_lines_and_batches(tor, tmp_
     assert fake.policy == ["reject 198.18.5.0/24:8080", "accept 198.18.0.0/15:*", "reject *:*"]
     assert lines(open(w.args.output).read()) == ["ExitPolicy reject 198.18.5.0/24:8080"]
     assert stat.S_IMODE(os.stat(w.args.output).st_mode) == 0o640
+    # tor rebuilt its descriptor right after the SETCONF: streams meet the rejects now
+    assert fake.commands[-2].startswith("SETCONF ") and fake.commands[-1] == sync.REBUILD_DESCRIPTOR
+    assert fake.applied == fake.policy
 
     state["doc"] = ban_doc("198.18.5.0", "198.18.6.0")
     clock.now += 1
@@ -601,3 +611,16 @@ def test_watch_falls_back_to_verify_and_reload_without_a_control_socket(tmp_path
     clock.now += 3
     assert w.step() is False  # tried again, quietly
     assert "control socket" not in capsys.readouterr().err
+
+
+def test_watch_update_stands_when_tor_does_not_rebuild_at_once(tor, tmp_path, capsys):
+    fake = tor(policy=["accept *:*"])
+    fake.rebuild = False   # a tor without that GETINFO key: 510, the rebuild comes ~1 s later
+    state, clock = {"doc": ban_doc()}, Clock()
+    w = watcher(tmp_path, [fake], state, clock)
+    w.step()
+    state["doc"] = ban_doc("198.18.5.0")
+    assert w.step() is True and w.updates == 1
+    assert fake.policy == ["reject 198.18.5.0/24:8080", "accept *:*"] and fake.applied == ["accept *:*"]
+    err = capsys.readouterr().err
+    assert "descriptor not rebuilt at once: 510" in err and "198.18" not in err
