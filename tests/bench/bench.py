@@ -194,8 +194,10 @@ def sc_wide(lab, v, q):
     for 20 s. Before it, SSH to 8 servers; during it, new sessions to those servers
     (4/s, must all pass) and first SSH sessions to 20 other servers (0.5/s, shown)."""
     secs = 6 if q else 20
-    ssh = [[h, 22] for h in L.hosts_of(L.KNOWN_NET, 28, 81)]
-    known, fresh = ssh[:8], ssh[8:]
+    # (the 20 new servers are spread over 4 other /24s: 28 servers of one /24 within
+    # 10 minutes would be a horizontal scan of that /24 by the strict tier's measure)
+    known = [[h, 22] for h in L.hosts_of(L.KNOWN_NET, 8, 81)]
+    fresh = [[h, 22] for h in L.hosts_of(L.FRESH_NET, 20, 82)]
     pre = {"name": "known_before", "kind": "pool", "targets": {"t": "cycle", "pairs": known}, "n": len(known),
            "concurrency": len(known), "duration": 10, "timeout": 3.0, "up": 48, "down": 1024, "rtts": 1}
     res = lab.loadgen("wide-pre", {"jobs": [pre]}, 30)["jobs"]

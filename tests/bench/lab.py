@@ -44,6 +44,7 @@ LOGIN_NET = "198.19.200.0/24"   # victims of password guessing (one host per run
 SSH_USERS = "198.19.201.0/24"   # git-over-SSH and interactive SSH servers
 KNOWN_NET = "198.19.202.0/24"   # SSH servers contacted before the internet-wide sweep
 MAIL_NET = "198.19.203.0/24"    # mail submission/IMAP providers of the busy mix
+FRESH_NET = "198.19.204.0/22"   # SSH servers first contacted during the internet-wide sweep
 CDN22_NET = "198.19.236.0/22"   # the CDN-safe web mix: hundreds of hosts in one /22
 BUSY_CDN = "198.19.232.0/22"    # the busy mix's CDN /22
 WS_ANSWER = "241.1.0.0/16"      # web-port sweeps: hosts answer,
@@ -60,7 +61,7 @@ RANGES = {
     "sweep": SWEEP_NET, "torrent4": TORRENT_V4, "web": WEB_SITES, "fill4": FILL_V4,
     "cdn": CDN_NET, "vscan": VSCAN_HOST, "flood": FLOOD_HOST, "flood_probe": FLOOD_PROBE,
     "upload": UPLOAD_HOST, "legit": LEGIT_NET, "fill6": FILL_V6, "torrent6": TORRENT_V6,
-    "login": LOGIN_NET, "ssh_users": SSH_USERS, "known": KNOWN_NET, "mail": MAIL_NET,
+    "login": LOGIN_NET, "ssh_users": SSH_USERS, "known": KNOWN_NET, "fresh": FRESH_NET, "mail": MAIL_NET,
     "cdn22": CDN22_NET, "busy_cdn": BUSY_CDN, "ws_answer": WS_ANSWER, "ws_random": WS_RANDOM,
     "ws_refuse": WS_REFUSE, "ws_dark": WS_DARK, "wide": WIDE_NETS,
 }
