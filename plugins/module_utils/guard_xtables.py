@@ -106,7 +106,7 @@ def ipsets(policy):
         ]
     for ban in common.ban_sets(p):
         options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban.ban_time)]
-        if ban.detector == "hscan":
+        if ban.detector in ("hscan", "psweep"):
             options.append(("netmask", ban.length))
         out.append({"name": SET_PREFIX + ban.name, "type": "hash:ip,port" if ban.by_port else "hash:ip",
                     "family": IPSET_FAMILY[ban.family], "options": options, "static": False, "keep": True})

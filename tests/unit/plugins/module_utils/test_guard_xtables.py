@@ -59,7 +59,8 @@ def test_every_ban_is_checked_before_detection_and_only_enforce_rejects():
     guard = [r for r in rules if r.startswith("-A TOREXIT-GUARD ")]
     assert guard[-1] == "-A TOREXIT-GUARD -p tcp -j TOREXIT-DETECT"
     bans = [r for r in guard if "torexit_ban_" in r]
-    assert len(bans) == 4 and all(r.endswith("-j REJECT --reject-with tcp-reset") for r in bans)
+    # flood, vscan, hscan /24 and /16, login, psweep /16
+    assert len(bans) == 6 and all(r.endswith("-j REJECT --reject-with tcp-reset") for r in bans)
     first_ban = guard.index(bans[0])
     assert guard.index([r for r in guard if "torexit_allow_v4" in r][0]) < first_ban
     pm, digest_m = policy(mode="monitor")
