@@ -62,7 +62,8 @@ BACKENDS = ("nftables", "iptables", "ufw")
 
 # iptables and ufw backends (plugins/module_utils/guard_iptables.py, guard_ufw.py)
 CHAIN_PREFIXES = {"iptables": "TOREXIT-", "ufw": "TOREXIT-UFW-"}
-CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT", "VSHIT", "FLHIT", "FLOOD")
+CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT", "VSHIT", "FLHIT", "FLOOD",
+          "LGHIT", "WIDE", "WIDEHIT")
 IPSET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 SAVE_COMMANDS = ("iptables-save", "ip6tables-save")
