@@ -392,7 +392,7 @@ def main():
                 rate=dict(type="list", elements="int"),
                 confirm_time=dict(type="int"), ban_time=dict(type="int"))),
             wide_scan=dict(type="dict", options=dict(
-                rate=dict(type="int"), burst=dict(type="int"), pass_one_in=dict(type="int"))),
+                rate=dict(type="int"), burst=dict(type="int"), pass_one_in=dict(type="int", no_log=False))),
             persist=dict(type="bool", default=True),
         ),
         mutually_exclusive=[("profile", "bandwidth_mbit")],

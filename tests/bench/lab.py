@@ -48,9 +48,9 @@ FRESH_NET = "198.19.204.0/22"   # SSH servers first contacted during the interne
 CDN22_NET = "198.19.236.0/22"   # the CDN-safe web mix: hundreds of hosts in one /22
 BUSY_CDN = "198.19.232.0/22"    # the busy mix's CDN /22
 WS_ANSWER = "241.1.0.0/16"      # web-port sweeps: hosts answer,
-WS_RANDOM = "241.4.0.0/16"      #   answer (random order),
-WS_REFUSE = "241.2.0.0/16"      #   refuse with RST (nft reject in the internet namespace),
-WS_DARK = "241.3.0.0/16"        #   stay dark (SYNs dropped there, no answer)
+WS_RANDOM = "241.4.0.0/16"      # answer (random order),
+WS_REFUSE = "241.2.0.0/16"      # refuse with RST (nft reject in the internet namespace),
+WS_DARK = "241.3.0.0/16"        # stay dark (SYNs dropped there, no answer)
 # internet-wide sweep: random addresses over 2,304 /16s (all local in the internet namespace)
 WIDE_NETS = ("242.0.0.0/7", "248.0.0.0/6", "252.0.0.0/7", "254.0.0.0/8")
 FILL_V6 = "2001:db8::/34"       # one host in each of 16,384 /48s

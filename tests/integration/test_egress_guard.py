@@ -216,6 +216,7 @@ NO_SCAN_BANS = {"horizontal_scan": {"hosts_strict": [0, 0]}, "prefix_sweep": {"b
 
 def check_repeated_logins_ban_host_and_port(lab, base):
     listen(lab, 22)
+    listen(lab, 443)
     ansible_module(lab.relay, GUARD, base)
     guessing = probe(lab, [["198.19.200.7", 22]] * 80, concurrency=4)
     # the first contact, the burst of 8 and 2/s of refill while it runs
