@@ -39,15 +39,20 @@ def tally(name, what, results, started, **extra):
     print(json.dumps(row), flush=True)
 
 
-def sweep():
-    """Horizontal scan: every host of one /24 on SSH, one connection each."""
+def each_host(name, octet, last, port):
+    """One connection to each of 198.19.OCTET.1-LAST on PORT, closed at once."""
     started, results = time.monotonic(), []
-    for host in range(1, 255):
-        s, res = connect(NET + "2.%d" % host, 22)
+    for host in range(1, last + 1):
+        s, res = connect(NET + "%d.%d" % (octet, host), port)
         if s:
             s.close()
         results.append(res)
-    tally("sweep", "198.19.2.1-254 port 22", results, started)
+    tally(name, "%s%d.1-%d port %d" % (NET, octet, last, port), results, started)
+
+
+def sweep():
+    """Horizontal scan: every host of one /24 on SSH, one connection each."""
+    each_host("sweep", 2, 254, 22)
 
 
 def flood():
@@ -86,13 +91,7 @@ def upload():
 
 def browse():
     """Browsing a CDN: 100 hosts of one /24 on 443 (ordinary use)."""
-    started, results = time.monotonic(), []
-    for host in range(1, 101):
-        s, res = connect(NET + "5.%d" % host, 443)
-        if s:
-            s.close()
-        results.append(res)
-    tally("browse", "198.19.5.1-100 port 443", results, started)
+    each_host("browse", 5, 100, 443)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,17 @@ def v6_one_per_48(net, n, seed):
 
 
 # --- shell helpers -----------------------------------------------------------
+def stop_process(proc, wait=5):
+    """Stop a child process: SIGTERM, then SIGKILL after `wait` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(wait)
+
+
 def sh(*cmd, check=True, capture=True, timeout=120, inp=None):
     r = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, input=inp, check=False)
     if check and r.returncode != 0:
@@ -182,12 +193,7 @@ class Lab:
 
     def teardown(self):
         for proc in self.procs + ([self.server] if self.server else []):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc)
         self.procs, self.server = [], None
         for ns in (self.relay, self.net):
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()

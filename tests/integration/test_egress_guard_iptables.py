@@ -2,7 +2,14 @@
 mode, sweep stopped while uploads pass, info counters, and absent removing only
 the guard's chains and sets."""
 from conftest import ansible_module
-from test_egress_guard import UPLOAD_HOLD, check_repeated_logins_ban_host_and_port, check_wide_scan_gate_spares_known_hosts, listen, probe
+from test_egress_guard import (
+    assert_monitor_mode_counts_but_blocks_nothing,
+    assert_sweep_stopped_and_uploads_pass,
+    check_repeated_logins_ban_host_and_port,
+    check_wide_scan_gate_spares_known_hosts,
+    listen,
+    probe,
+)
 
 GUARD = "torexit.hardening.egress_guard"
 BASE = {"owner": "any", "persist": False, "backend": "iptables"}
@@ -68,12 +75,7 @@ def test_sweep_is_stopped_while_uploads_and_other_hosts_pass(lab):
     listen(lab, 22)
     listen(lab, 443)
     ansible_module(lab.relay, GUARD, BASE)
-    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(3000)])
-    assert sweep["ok"] <= 64 and sweep["refused"] >= 2900, sweep
-    upload = probe(lab, [["198.19.7.7", 443]] * 300, concurrency=6, hold=UPLOAD_HOLD)
-    assert upload == {"ok": 300, "refused": 0, "timeout": 0}
-    ssh_elsewhere = probe(lab, [["198.19.%d.10" % i, 22] for i in range(1, 11)])
-    assert ssh_elsewhere["ok"] == 10, ssh_elsewhere
+    assert_sweep_stopped_and_uploads_pass(lab)
     v6_sweep = probe(lab, [["2001:db8:1:%x::%x" % (i // 200, i % 200 + 1), 22] for i in range(400)])
     assert v6_sweep["ok"] <= 64 and v6_sweep["refused"] >= 300, v6_sweep
 
@@ -94,13 +96,7 @@ def test_sweep_is_stopped_while_uploads_and_other_hosts_pass(lab):
 
 
 def test_monitor_mode_counts_but_blocks_nothing(lab):
-    listen(lab, 22)
-    ansible_module(lab.relay, GUARD, dict(BASE, mode="monitor"))
-    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(1000)])
-    assert sweep["ok"] == 1000, sweep
-    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {"backend": "iptables"})
-    assert info["counters"]["detect_hscan"]["packets"] >= 1
-    assert info["counters"]["blocked_hscan"]["packets"] >= 900
+    assert_monitor_mode_counts_but_blocks_nothing(lab, BASE, {"backend": "iptables"})
 
 
 def test_the_largest_accepted_values_load(lab):

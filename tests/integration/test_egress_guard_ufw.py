@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from conftest import TOP
-from test_egress_guard import UPLOAD_HOLD, listen, probe
+from test_egress_guard import assert_sweep_stopped_and_uploads_pass, listen, probe
 
 sys.path.insert(0, os.path.join(TOP, "tests", "bench"))
 import ufwlab as ufw_files  # noqa: E402  (shared with the bench's guard-ufw variant)
@@ -97,10 +97,7 @@ def test_ufw_guard_stops_a_sweep_and_lets_uploads_pass(ufwlab):
     listen(lab, 22)
     listen(lab, 443)
     assert module(lab, BASE)["changed"] is True
-    sweep = probe(lab, [["198.18.%d.%d" % (i // 256, i % 256), 22] for i in range(2000)])
-    assert sweep["ok"] <= 64 and sweep["refused"] >= 1900, sweep
-    upload = probe(lab, [["198.19.7.7", 443]] * 200, concurrency=6, hold=UPLOAD_HOLD)
-    assert upload == {"ok": 200, "refused": 0, "timeout": 0}
+    assert_sweep_stopped_and_uploads_pass(lab, hosts=2000, other_hosts=False)
     info = module(lab, {"backend": "ufw"}, name="torexit.hardening.egress_guard_info")
     assert info["installed"] is True and info["backend"] == "ufw"
     assert info["counters"]["blocked_hscan"]["packets"] >= 1900

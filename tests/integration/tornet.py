@@ -501,13 +501,7 @@ class TorNet:
         return proc
 
     def stop(self, proc):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        L.stop_process(proc)
         if proc in self.helpers:
             self.helpers.remove(proc)
 

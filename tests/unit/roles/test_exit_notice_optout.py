@@ -2,10 +2,8 @@
 """Token, address and request logic of the exit notice's opt-out service."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import ipaddress
-import os
 import socket
 import subprocess
 import threading
@@ -15,12 +13,9 @@ import urllib.request
 from urllib.parse import urlencode
 
 import pytest
+from role_files import load_role_file
 
-APP_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "exit_notice", "files",
-                        "exit_notice_optout.py")
-_spec = importlib.util.spec_from_file_location("exit_notice_optout", APP_PATH)
-optout = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(optout)
+optout = load_role_file("exit_notice", "exit_notice_optout.py", "exit_notice_optout")
 
 SECRET = b"k" * 32
 NONCE = "n" * 32

@@ -1,27 +1,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """roles/tor_exit/files/torexit_exitpolicy_sync.py: parsing nft JSON, rendering, syncing."""
 
-import importlib.machinery
-import importlib.util
 import json
-import os
 import subprocess
 
 import pytest
+from role_files import load_role_file
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "tor_exit", "files",
-                      "torexit_exitpolicy_sync.py")
-
-
-def load():
-    loader = importlib.machinery.SourceFileLoader("exitpolicy_sync", SCRIPT)
-    spec = importlib.util.spec_from_loader("exitpolicy_sync", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-sync = load()
+sync = load_role_file("tor_exit", "torexit_exitpolicy_sync.py", "exitpolicy_sync")
 
 
 def nft_set(name, elems, family="inet", table="torexit_guard"):

@@ -12,9 +12,10 @@ import struct
 import threading
 
 import pytest
-from test_exitpolicy_sync import doc, lines, load, nft_set
+from role_files import load_role_file
+from test_exitpolicy_sync import doc, lines, nft_set
 
-sync = load()
+sync = load_role_file("tor_exit", "torexit_exitpolicy_sync.py", "exitpolicy_sync")
 
 
 class FakeTor:

@@ -2,28 +2,43 @@
 """roles/firewall/files/torexit_firewall_rollback.py: what the rollback saves (definitions,
 never the guard's dynamic elements) and what a restore touches (only our chains)."""
 
-import importlib.machinery
-import importlib.util
 import json
-import os
 
 import pytest
+from role_files import load_role_file
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "firewall", "files",
-                      "torexit_firewall_rollback.py")
-
-
-def load():
-    loader = importlib.machinery.SourceFileLoader("firewall_rollback", SCRIPT)
-    spec = importlib.util.spec_from_loader("firewall_rollback", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-rb = load()
+rb = load_role_file("firewall", "torexit_firewall_rollback.py", "firewall_rollback")
 
 DEST = "198.18.77.77"
+
+
+@pytest.fixture
+def rbdir(tmp_path, monkeypatch):
+    """The script's state directory and markers in tmp_path."""
+    monkeypatch.setattr(rb, "DIR", str(tmp_path))
+    monkeypatch.setattr(rb, "PENDING", str(tmp_path / "pending"))
+    monkeypatch.setattr(rb, "FAILED", str(tmp_path / "failed"))
+    return tmp_path
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """What the script logs, kept instead of printed and sent to the journal."""
+    out = []
+    monkeypatch.setattr(rb, "log", lambda msg, prio="info": out.append(msg))
+    return out
+
+
+def ipt_fake(now, sent):
+    """A `run` that answers iptables-save with NOW and keeps what iptables-restore is sent."""
+    def run(args, data=None):
+        if args == ["iptables-save", "-t", "filter"]:
+            return 0, now, ""
+        if args == ["iptables-restore", "--noflush"]:
+            sent.append(data)
+        return 0, "", ""
+    return run
+
 
 # `nft list table` of a guard-like table (nftables 1.0.6), with elements in every set.
 NFT_TABLE = """table inet torexit_guard {
@@ -101,12 +116,11 @@ add f2b-sshd 192.0.2.66 timeout 500
 """
 
 
-def test_ipset_save_keeps_our_definitions_and_static_elements_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
+def test_ipset_save_keeps_our_definitions_and_static_elements_only(rbdir, monkeypatch):
     monkeypatch.setattr(rb, "have", lambda cmd: True)
     monkeypatch.setattr(rb, "run", lambda args, data=None: (0, IPSET_SAVE, "") if args == ["ipset", "save"] else (1, "", ""))
     rb.ipset_save()
-    saved = (tmp_path / "ipset").read_text()
+    saved = (rbdir / "ipset").read_text()
     assert DEST not in saved and "192.0.2.33" not in saved
     assert "f2b-sshd" not in saved and "192.0.2.66" not in saved      # not ours: never saved
     assert "add torexit_allow_v4 192.0.2.0/28" in saved
@@ -114,12 +128,11 @@ def test_ipset_save_keeps_our_definitions_and_static_elements_only(tmp_path, mon
         "torexit_allow_v4", "torexit_relays_v4", "torexit_seen_v4", "torexit_ban_vscan_v4_32"]
 
 
-def test_ipset_restore_swaps_static_sets_and_leaves_dynamic_ones(tmp_path, monkeypatch):
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    (tmp_path / "ipset").write_text("create torexit_allow_v4 hash:net family inet maxelem 65536\n"
-                                    "add torexit_allow_v4 192.0.2.0/28\n"
-                                    "create torexit_ban_vscan_v4_32 hash:ip family inet maxelem 1024 timeout 600\n"
-                                    "create torexit_deny_v4 hash:net family inet maxelem 65536\n")
+def test_ipset_restore_swaps_static_sets_and_leaves_dynamic_ones(rbdir, monkeypatch):
+    (rbdir / "ipset").write_text("create torexit_allow_v4 hash:net family inet maxelem 65536\n"
+                                 "add torexit_allow_v4 192.0.2.0/28\n"
+                                 "create torexit_ban_vscan_v4_32 hash:ip family inet maxelem 1024 timeout 600\n"
+                                 "create torexit_deny_v4 hash:net family inet maxelem 65536\n")
     calls = []
 
     def run(args, data=None):
@@ -170,12 +183,11 @@ def test_ipt_ours_takes_our_chains_hooks_and_policies_only():
     assert "DOCKER" not in json.dumps(ours) and "192.0.2.9" not in json.dumps(ours)
 
 
-def test_ipt_restore_rewrites_only_our_chains(tmp_path, monkeypatch):
+def test_ipt_restore_rewrites_only_our_chains(rbdir, logged, monkeypatch):
     """A later run changed TOREXIT-INPUT, added a chain, set INPUT to DROP and FORWARD to
     ACCEPT (ufw can); fail2ban added a chain meanwhile. The restore sends
     iptables-restore --noflush only our chains, the hooks and the policies."""
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    (tmp_path / "iptables.json").write_text(json.dumps(rb.ipt_ours(IPT_BEFORE)))
+    (rbdir / "iptables.json").write_text(json.dumps(rb.ipt_ours(IPT_BEFORE)))
     now = """*filter
 :INPUT DROP [0:0]
 :FORWARD ACCEPT [0:0]
@@ -194,16 +206,7 @@ def test_ipt_restore_rewrites_only_our_chains(tmp_path, monkeypatch):
 COMMIT
 """
     sent = []
-
-    def run(args, data=None):
-        if args == ["iptables-save", "-t", "filter"]:
-            return 0, now, ""
-        if args == ["iptables-restore", "--noflush"]:
-            sent.append(data)
-        return 0, "", ""
-
-    monkeypatch.setattr(rb, "run", run)
-    monkeypatch.setattr(rb, "log", lambda msg, prio="info": None)
+    monkeypatch.setattr(rb, "run", ipt_fake(now, sent))
     assert rb.ipt_restore()
     assert sent[0].splitlines() == [
         "*filter",
@@ -218,13 +221,11 @@ COMMIT
         "COMMIT"]
 
 
-@pytest.mark.parametrize("pending,timer,expect_rc", [(False, "inactive", 0), (True, "active", 3), (True, "inactive", 3)])
-def test_status_refuses_while_a_rollback_is_pending(tmp_path, monkeypatch, capsys, pending, timer, expect_rc):
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    monkeypatch.setattr(rb, "PENDING", str(tmp_path / "pending"))
-    monkeypatch.setattr(rb, "FAILED", str(tmp_path / "failed"))
+@pytest.mark.parametrize("pending,timer,expect_rc", [(False, "inactive", 0), (True, "active", 3), (True, "inactive", 3),
+                                                     (False, "active", 3)])
+def test_status_refuses_while_a_rollback_is_pending(rbdir, monkeypatch, capsys, pending, timer, expect_rc):
     if pending:
-        (tmp_path / "pending").write_text("1\n")
+        (rbdir / "pending").write_text("1\n")
     monkeypatch.setattr(rb, "run", lambda args, data=None: (0, timer if args[-1].endswith(".timer") else "inactive", ""))
     try:
         rb.status()
@@ -240,33 +241,21 @@ def test_status_refuses_while_a_rollback_is_pending(tmp_path, monkeypatch, capsy
         assert out.strip() == "none"
 
 
-def test_ipt_restore_never_loosens_forward(tmp_path, monkeypatch):
+def test_ipt_restore_never_loosens_forward(rbdir, logged, monkeypatch):
     """Docker sets FORWARD to DROP; a restore to the saved ACCEPT would open it."""
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    (tmp_path / "iptables.json").write_text(json.dumps(rb.ipt_ours(IPT_BEFORE.replace(":FORWARD DROP", ":FORWARD ACCEPT"))))
+    (rbdir / "iptables.json").write_text(json.dumps(rb.ipt_ours(IPT_BEFORE.replace(":FORWARD DROP", ":FORWARD ACCEPT"))))
     sent = []
-
-    def run(args, data=None):
-        if args == ["iptables-save", "-t", "filter"]:
-            return 0, IPT_BEFORE, ""
-        if args == ["iptables-restore", "--noflush"]:
-            sent.append(data)
-        return 0, "", ""
-
-    monkeypatch.setattr(rb, "run", run)
-    monkeypatch.setattr(rb, "log", lambda msg, prio="info": None)
+    monkeypatch.setattr(rb, "run", ipt_fake(IPT_BEFORE, sent))
     assert rb.ipt_restore()
     assert not any(line.startswith(":FORWARD") for line in sent[0].splitlines())
 
 
-def test_ipt_restore_does_not_create_a_table_for_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    (tmp_path / "iptables.json").write_text(json.dumps(rb.ipt_ours("")))
+def test_ipt_restore_does_not_create_a_table_for_nothing(rbdir, logged, monkeypatch):
+    (rbdir / "iptables.json").write_text(json.dumps(rb.ipt_ours("")))
     sent = []
-    monkeypatch.setattr(rb, "run", lambda args, data=None: (sent.append(args), (0, "", ""))[1])
-    monkeypatch.setattr(rb, "log", lambda msg, prio="info": None)
+    monkeypatch.setattr(rb, "run", ipt_fake("", sent))
     assert rb.ipt_restore()
-    assert ["iptables-restore", "--noflush"] not in sent
+    assert sent == []
 
 
 def _nft_fake(calls, fail_with_elements=False):
@@ -280,13 +269,17 @@ def _nft_fake(calls, fail_with_elements=False):
     return run
 
 
-def test_nft_restore_carries_the_bans_into_the_restored_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    monkeypatch.setattr(rb, "TABLES", {"torexit_guard": str(tmp_path / "absent.nft")})
-    (tmp_path / "nft-torexit_guard").write_text(rb.nft_definitions(NFT_TABLE))
-    calls, logged = [], []
+@pytest.fixture
+def nft_saved(rbdir, monkeypatch):
+    """A save of NFT_TABLE's definitions, its rule file absent."""
+    monkeypatch.setattr(rb, "TABLES", {"torexit_guard": str(rbdir / "absent.nft")})
+    (rbdir / "nft-torexit_guard").write_text(rb.nft_definitions(NFT_TABLE))
+    return rbdir
+
+
+def test_nft_restore_carries_the_bans_into_the_restored_table(nft_saved, logged, monkeypatch):
+    calls = []
     monkeypatch.setattr(rb, "run", _nft_fake(calls))
-    monkeypatch.setattr(rb, "log", lambda msg, prio="info": logged.append(msg))
     assert rb.nft_restore()
     loads = [d for a, d in calls if a == ["nft", "-f", "-"]]
     assert len(loads) == 1      # one transaction: definitions and the carried elements
@@ -297,23 +290,18 @@ def test_nft_restore_carries_the_bans_into_the_restored_table(tmp_path, monkeypa
     assert not any(DEST in m for m in logged)
 
 
-def test_nft_restore_failing_elements_name_sets_not_addresses(tmp_path, monkeypatch):
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    monkeypatch.setattr(rb, "TABLES", {"torexit_guard": str(tmp_path / "absent.nft")})
-    (tmp_path / "nft-torexit_guard").write_text(rb.nft_definitions(NFT_TABLE))
-    calls, logged = [], []
+def test_nft_restore_failing_elements_name_sets_not_addresses(nft_saved, logged, monkeypatch):
+    calls = []
     monkeypatch.setattr(rb, "run", _nft_fake(calls, fail_with_elements=True))
-    monkeypatch.setattr(rb, "log", lambda msg, prio="info": logged.append(msg))
     assert rb.nft_restore()      # the table itself came back
     assert any("could not be carried over" in m and "ban_vscan_v4_32" in m for m in logged)
     assert not any("198.18.77" in m for m in logged)
 
 
-def test_a_save_of_the_earlier_version_is_cut_down_before_its_restore(tmp_path, monkeypatch):
+def test_a_save_of_the_earlier_version_is_cut_down_before_its_restore(rbdir):
     """The earlier shell version saved whole `nft -s list table` texts, a full `ipset save`
     and full iptables-save dumps, marked `saved`: a restore keeps only what this version keeps."""
-    monkeypatch.setattr(rb, "DIR", str(tmp_path))
-    monkeypatch.setattr(rb, "PENDING", str(tmp_path / "pending"))
+    tmp_path = rbdir
     (tmp_path / "saved").write_text("")
     (tmp_path / "torexit_guard.nft").write_text(NFT_TABLE)
     (tmp_path / "ipset").write_text(IPSET_SAVE)
@@ -325,3 +313,46 @@ def test_a_save_of_the_earlier_version_is_cut_down_before_its_restore(tmp_path, 
         assert "198.18.77" not in p.read_text() and "192.0.2.66" not in p.read_text()
     assert json.loads((tmp_path / "iptables.json").read_text()) == rb.ipt_ours(IPT_BEFORE)
     assert rb.ipt_ours(nat + IPT_BEFORE)["policies"]["INPUT"] == "ACCEPT"   # the filter table's, not nat's
+
+
+def test_save_writes_no_destination_and_confirm_deletes_it(tmp_path, monkeypatch):
+    """save() as the role's arming runs it, against a kernel whose guard sets, ipsets
+    and a foreign iptables chain hold a destination: no saved file names it, and
+    `confirm` removes the whole save."""
+    state = tmp_path / "firewall-rollback"
+    monkeypatch.setattr(rb, "DIR", str(state))
+    monkeypatch.setattr(rb, "PENDING", str(state / "pending"))
+    monkeypatch.setattr(rb, "TABLES", {"torexit_guard": str(tmp_path / "absent.nft")})
+    monkeypatch.setattr(rb, "have", lambda cmd: True)
+    answers = {("nft", "-s", "list", "table", "inet", "torexit_guard"): NFT_TABLE,
+               ("ipset", "save"): IPSET_SAVE,
+               ("iptables-save", "-t", "filter"): IPT_BEFORE.replace("COMMIT", "-A DOCKER-USER -d %s/32 -j DROP\nCOMMIT" % DEST)}
+    monkeypatch.setattr(rb, "run", lambda args, data=None: (0, answers.get(tuple(args), ""), ""))
+    rb.save()
+    saved = sorted(p.name for p in state.iterdir())
+    assert saved == ["ip6tables.json", "ipset", "iptables.json", "nft-torexit_guard", "pending"]
+    assert "set ban_vscan_v4_32 {" in (state / "nft-torexit_guard").read_text()
+    for p in state.iterdir():
+        assert "198.18.77" not in p.read_text(), p.name
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+    monkeypatch.setattr(rb.sys, "argv", ["torexit-firewall-rollback", "confirm"])
+    monkeypatch.setattr(rb.os, "umask", lambda mask: 0o022)   # main() sets it for the whole process
+    rb.main()
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_boot_puts_the_saved_files_back_only_when_a_change_was_never_confirmed(rbdir, logged, monkeypatch, pending):
+    """The boot unit runs `boot` before the firewall units: with the marker it unpacks
+    the saved files and forgets the save; without it, it touches nothing."""
+    if pending:
+        (rbdir / "pending").write_text("1\n")
+    calls = []
+    monkeypatch.setattr(rb, "run", lambda args, data=None: (calls.append(args), (0, "", ""))[1])
+    monkeypatch.setattr(rb, "FILES", [])
+    rb.boot()
+    if pending:
+        assert calls == [["tar", "-C", "/", "-xpf", str(rbdir / "files.tar")]]
+        assert not rbdir.exists() and "before the firewall units started" in logged[0]
+    else:
+        assert calls == [] and rbdir.exists() and logged == []

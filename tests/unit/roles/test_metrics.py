@@ -2,8 +2,6 @@
 """roles/metrics/files/torexit_guard_metrics.py: reading all three backends (recorded
 outputs), rendering, atomic writes."""
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -12,20 +10,9 @@ import struct
 import time
 
 import pytest
+from role_files import load_role_file
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "metrics", "files",
-                      "torexit_guard_metrics.py")
-
-
-def load():
-    loader = importlib.machinery.SourceFileLoader("guard_metrics", SCRIPT)
-    spec = importlib.util.spec_from_loader("guard_metrics", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-metrics = load()
+metrics = load_role_file("metrics", "torexit_guard_metrics.py", "guard_metrics")
 
 DIGEST = "066596159ede6f4443d1fbff08784b11372e6cfad045f2108b41e204a4ee51f9"
 

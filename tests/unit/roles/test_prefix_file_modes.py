@@ -4,26 +4,18 @@ tighter: the guard sync's ExitPolicy rejects file, and the ufw rules files the
 egress guard splices its block into. (The tor_exit molecule scenario checks the
 deployed modes and that both tor users can read the rejects file.)"""
 import grp
-import importlib.machinery
-import importlib.util
 import os
 import stat
 import types
 
 import pytest
+from role_files import load_role_file
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_apply
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SYNC = os.path.join(TOP, "roles", "tor_exit", "files", "torexit_exitpolicy_sync.py")
-
 
 def load_sync():
-    loader = importlib.machinery.SourceFileLoader("exitpolicy_sync_modes", SYNC)
-    spec = importlib.util.spec_from_loader("exitpolicy_sync_modes", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_role_file("tor_exit", "torexit_exitpolicy_sync.py", "exitpolicy_sync_modes")
 
 
 def test_the_sync_writes_its_rejects_file_0640(tmp_path):

@@ -451,6 +451,20 @@ def test_scrub_drops_echoed_input_and_addresses():
     assert "set is full" in out and "Could not process rule" in out
 
 
+def test_a_failing_ipset_restore_never_names_the_elements():
+    """ipset echoes the element it could not add: the iptables and ufw backends' error
+    keeps ipset's reason and line, never the address."""
+    def run(args, data=None):
+        assert args == ["ipset", "restore"] and "198.18.3.7" in data
+        return 1, "", ("ipset v7.17: Error in line 2: Element cannot be added to the set: 198.18.3.7 "
+                       "is already in torexit_tmp_ban_vscan_v4_32\n")
+    with pytest.raises(gx.IptablesError) as err:
+        gx._restore_sets(run, ["create torexit_tmp_ban_vscan_v4_32 hash:ip family inet maxelem 1024 timeout 600",
+                               "add -exist torexit_tmp_ban_vscan_v4_32 198.18.3.7 timeout 500"])
+    assert "Error in line 2" in str(err.value) and "torexit_tmp_ban_vscan_v4_32" in str(err.value)
+    assert "198.18" not in str(err.value)
+
+
 # --- issue 17 item 10: concurrent runs of the module are serialized
 
 def test_a_second_run_waits_for_the_lock_then_fails_clearly(tmp_path, monkeypatch):

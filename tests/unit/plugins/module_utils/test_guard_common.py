@@ -4,10 +4,9 @@ import os
 import re
 
 import pytest
+from golden_files import GOLDEN
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as gc
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
 
 @pytest.mark.parametrize("count,window,expected", [

@@ -1,12 +1,10 @@
 """The nftables renderer: golden rulesets and the rules that decide a packet's fate."""
-import os
 
 import pytest
+from golden_files import golden
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as gn
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
 
 def render(**params):
@@ -24,12 +22,7 @@ def test_golden(name, params):
     """The rendered file equals the reviewed golden copy. Regenerate with
     TOREXIT_REGEN_GOLDEN=1 after an intended change, and review the diff."""
     _p, text = render(**params)
-    path = os.path.join(GOLDEN, name + ".nft")
-    if os.environ.get("TOREXIT_REGEN_GOLDEN"):
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        assert text == f.read()
+    assert text == golden(name + ".nft", text)
 
 
 def test_enforce_rejects_and_monitor_only_counts():

@@ -1,13 +1,12 @@
 """The ufw renderer: the marked block, where it goes in before.rules, and its removal."""
-import os
 
 import pytest
+from golden_files import golden
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_ufw as gu
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables as gi
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 BEFORE = """# ufw before.rules (abridged)
 *nat
 :POSTROUTING ACCEPT [0:0]
@@ -31,12 +30,7 @@ def policy(**params):
 def test_golden_block(fam):
     p, digest = policy()
     text = gu.block(p, digest, fam) + "\n"
-    path = os.path.join(GOLDEN, "default.%s.ufw" % fam)
-    if os.environ.get("TOREXIT_REGEN_GOLDEN"):
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        assert text == f.read()
+    assert text == golden("default.%s.ufw" % fam, text)
 
 
 def test_block_goes_before_the_filter_commit_after_ufws_own_rules():

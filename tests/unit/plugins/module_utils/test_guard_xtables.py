@@ -1,13 +1,12 @@
 """The iptables renderer: golden rulesets, ipsets and the parsing of live state."""
-import os
 
 import pytest
+from golden_files import golden
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_nftables as gn
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables as gi
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 CASES = [
     ("default", {}),
     ("monitor-any-lists", {"mode": "monitor", "owner": "any", "allow": ["198.51.100.0/28"],
@@ -19,15 +18,6 @@ CASES = [
 def policy(**params):
     p = gp.build_policy(params, user_exists=lambda name: True)
     return p, gp.policy_digest(p)
-
-
-def golden(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("TOREXIT_REGEN_GOLDEN"):
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        return f.read()
 
 
 @pytest.mark.parametrize("name,params", CASES)
