@@ -56,6 +56,13 @@ COUNTERS = [
     ("detect_hscan", "horizontal scan detections (bans started)"),
     ("detect_vscan", "vertical scan detections (bans started)"),
     ("seen_full", "first contacts not recorded because the seen set was full"),
+    ("blocked_login", "refused: host and strict port banned for repeated logins"),
+    ("blocked_psweep", "refused: prefix and port banned for a sweep"),
+    ("blocked_wide", "refused at random: first contact on a strict port above the global rate"),
+    ("detect_login", "repeated-login detections (bans started)"),
+    ("detect_psweep", "prefix sweep detections (bans started)"),
+    ("detect_wide", "first contacts on a strict port above the global rate"),
+    ("psweep_failed", "failed first contacts: refused or unanswered"),
 ]
 COUNTER_NAMES = [name for name, _comment in COUNTERS]
 
@@ -75,12 +82,49 @@ RELAYS_SIZE = 65536
 
 
 class Detector(NamedTuple):
-    name: str       # flood, vscan, hscan: in ban set and counter names
+    name: str       # in ban set and counter names
     by_port: bool   # the ban key holds the port
-    prefix: bool    # the ban key is a prefix of the policy's horizontal_scan levels
+    prefix: bool    # the ban key is a prefix of the policy's levels (`options`' prefixes_v4/v6)
+    options: str    # the policy's option group: ban time, prefix levels, on or off
 
 
-DETECTORS = (Detector("flood", True, False), Detector("vscan", False, False), Detector("hscan", True, True))
+# In the order their ban rules are checked. The wide-scan gate bans nothing.
+DETECTORS = (Detector("flood", True, False, "flood"), Detector("vscan", False, False, "vertical_scan"),
+             Detector("hscan", True, True, "horizontal_scan"), Detector("login", True, False, "login"),
+             Detector("psweep", True, True, "prefix_sweep"))
+
+# Bits of the conntrack mark the prefix-sweep detector keeps on the guarded
+# connections it follows (others left alone): passed the guard; a first contact;
+# settled (reply data seen or counted as failed). Nothing else, no destination.
+MARK_CONTACT = 0x40000000
+MARK_FIRST = 0x20000000
+MARK_SETTLED = 0x10000000
+
+
+def detector_on(policy, det):
+    """A detector whose options turn it off has no ban set and no rules."""
+    opts = policy.get(det.options) or {}
+    if det.name == "login":
+        return bool(opts.get("rate"))
+    if det.name == "psweep":
+        return any(opts.get("burst") or [])
+    return True
+
+
+def _ban_levels(policy, det, fam):
+    if det.name == "psweep":
+        ps = policy["prefix_sweep"]
+        return [length for length, burst in zip(ps["prefixes_" + fam.name], ps["burst"]) if burst]
+    if det.prefix:
+        return policy[det.options]["prefixes_" + fam.name]
+    return [fam.host]
+
+
+def psweep_levels(policy, fam):
+    """(prefix length, burst, rate per minute) of the prefix-sweep levels that are on."""
+    ps = policy["prefix_sweep"]
+    return [(length, burst, r) for length, burst, r in zip(ps["prefixes_" + fam.name], ps["burst"], ps["rate"])
+            if burst]
 
 
 class BanSet(NamedTuple):
@@ -98,9 +142,10 @@ def ban_sets(policy):
     out = []
     for fam in FAMILIES:
         for det in DETECTORS:
-            ban_time = policy["flood"]["ban_time"] if det.name == "flood" else policy["ban_time"]
-            lengths = policy["horizontal_scan"]["prefixes_" + fam.name] if det.prefix else [fam.host]
-            for length in lengths:
+            if not detector_on(policy, det):
+                continue
+            ban_time = (policy.get(det.options) or {}).get("ban_time") or policy["ban_time"]
+            for length in _ban_levels(policy, det, fam):
                 out.append(BanSet("ban_%s_%s_%d" % (det.name, fam.name, length), fam.name, det.name,
                                   length, det.by_port, ban_time))
     return out

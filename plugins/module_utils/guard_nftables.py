@@ -47,13 +47,27 @@ def _limit(count, window):
     return "limit rate over %s burst %d packets" % (common.rate(count, window), count)
 
 
+def _per_minute(rate, burst):
+    return "limit rate over %d/minute burst %d packets" % (rate, burst)
+
+
+def _psweep_levels(policy, fam):
+    """(prefix length, mask, limit, meter element lifetime) of the prefix-sweep levels that are on."""
+    out = []
+    for length, burst, rate in common.psweep_levels(policy, fam):
+        # a meter's element must outlive the refill of its bucket (burst / rate)
+        out.append((length, _mask(fam.name, length), _per_minute(rate, burst), max(60, -(-burst * 60 // rate) + 60)))
+    return out
+
+
 def ban_sets(policy):
     """The ban sets of guard_common.ban_sets with their nft key type and key
     expression: (name, type, key, detector, ban time)."""
     out = []
+    hosts = dict((f.name, f.host) for f in common.FAMILIES)
     for b in common.ban_sets(policy):
         expr, typ = EXPR[b.family], ADDR[b.family]
-        if b.detector == "hscan":
+        if b.length != hosts[b.family]:
             expr = "%s & %s" % (expr, _mask(b.family, b.length))
         if b.by_port:
             typ, expr = typ + " . inet_service", expr + " . tcp dport"
@@ -102,6 +116,9 @@ def render(policy, digest):
     window = p["scan_window"]
     fl, hs = p["flood"], p["horizontal_scan"]
     tiers = (("strict", "tcp dport @strict_ports "), ("web", "tcp dport @web_ports "), ("default", ""))
+    lg, ws = p["login"], p["wide_scan"]
+    psweep_on = any(p["prefix_sweep"]["burst"])
+    fams = dict((f.name, f) for f in common.FAMILIES)
 
     L = []
     add = L.append
@@ -142,6 +159,16 @@ def render(policy, digest):
                     % (tier, fam, length, typ, dyn, window))
         add("\tset flood_conc_%s { type %s; size %d; flags dynamic; }" % (fam, typ, size))
         add("\tset flood_rate_%s { type %s . inet_service; %s timeout 60s; }" % (fam, typ, dyn))
+        if lg["rate"]:
+            add("\tset login_%s { type %s . inet_service; size %d; flags dynamic, timeout; timeout 60s; }"
+                % (fam, typ, max(1024, size // 4)))
+        for length, _m, _lim, keep in _psweep_levels(p, fams[fam]):
+            add("\tset psweep_%s_%d { type %s . inet_service; %s timeout %ds; }" % (fam, length, typ, dyn, keep))
+            add("\tset pfail_%s_%d { type %s . inet_service; %s timeout %ds; }" % (fam, length, typ, dyn, keep))
+        if psweep_on:
+            add("\tset confirm_%s { type %s; %s timeout %ds; }" % (fam, typ, dyn, p["prefix_sweep"]["confirm_time"]))
+    if ws["rate"]:
+        add("\tset wide_rate { type inet_service; size 65536; flags dynamic, timeout; timeout 60s; }")
     add("")
     add("\t# Bans: keys are the banned prefix (and port); they expire by themselves")
     for name, typ, _key, _det, ban_time in ban_sets(p):
@@ -153,15 +180,23 @@ def render(policy, digest):
     add("\t\ttype filter hook output priority filter; policy accept;")
     L += ["\t\t" + rule for rule in common.walk(lambda step, fam: _step(p, verdict, step, fam))]
     add("\t}")
+    if psweep_on:
+        _render_failures(add, p)
     add("")
     add("\tchain detect {")
+    contact = first = ""
+    if psweep_on:
+        add("\t\t# the kernel retransmits a SYN (no answer yet): the first one was decided")
+        add("\t\tct mark & 0x%08x != 0 jump retransmit" % common.MARK_CONTACT)
+        contact = " ct mark set ct mark | 0x%08x" % common.MARK_CONTACT
+        first = " ct mark set ct mark | 0x%08x" % (common.MARK_CONTACT | common.MARK_FIRST)
     add("\t\t# a first contact of a host and port can be a scan, a repeated one a flood")
     for fam, expr, _typ, _host in FAMILIES:
-        add("\t\t%s . tcp dport @seen_%s goto flood_%s" % (expr, fam, fam))
+        add("\t\t%s . tcp dport @seen_%s%s goto flood_%s" % (expr, fam, contact, fam))
     for fam, expr, _typ, _host in FAMILIES:
-        add("\t\tadd @seen_%s { %s . tcp dport } goto scan_%s" % (fam, expr, fam))
+        add("\t\tadd @seen_%s { %s . tcp dport }%s goto scan_%s" % (fam, expr, first, fam))
     add("\t\t# reached only when a seen set is full: keep counting strict ports and floods")
-    add("\t\tcounter name seen_full")
+    add("\t\tcounter name seen_full%s" % contact)
     for fam, _expr, _typ, _host in FAMILIES:
         add("\t\tmeta nfproto ipv%s tcp dport @strict_ports goto scan_%s" % (fam[1], fam))
     for fam, _expr, _typ, _host in FAMILIES:
@@ -170,6 +205,10 @@ def render(policy, digest):
     for fam, expr, _typ, _host in FAMILIES:
         add("")
         add("\tchain flood_%s {" % fam)
+        if lg["rate"]:
+            add("\t\t# repeated logins: repeated new connections to one host and strict port")
+            add("\t\ttcp dport @strict_ports update @login_%s { %s . tcp dport %s } goto login_hit_%s"
+                % (fam, expr, _per_minute(lg["rate"], lg["burst"]), fam))
         add("\t\t# rate limit only while many connections to the address are open")
         add("\t\tadd @flood_conc_%s { %s ct count over %d } update @flood_rate_%s { %s . tcp dport "
             "limit rate over %d/second burst %d packets } goto flood_hit_%s"
@@ -181,6 +220,10 @@ def render(policy, digest):
         if p["vertical_scan"]["ports"]:
             add("\t\tupdate @vscan_%s { %s %s } goto vscan_hit_%s"
                 % (fam, expr, _limit(p["vertical_scan"]["ports"], window), fam))
+        if psweep_on:
+            add("\t\t# a prefix nobody received data from lately: first contacts there are limited")
+            add("\t\t%s & %s != @confirm_%s jump psweep_%s"
+                % (expr, _mask(fam, p["prefix_sweep"]["prefixes_" + fam][0]), fam, fam))
         for tier, match in tiers:
             add("\t\t%sgoto hscan_%s_%s" % (match, tier, fam))
         add("\t}")
@@ -190,6 +233,36 @@ def render(policy, digest):
                 if hosts:
                     add("\t\tupdate @hscan_%s_%s_%d { %s & %s . tcp dport %s } goto hscan_hit_%s_%d"
                         % (tier, fam, length, expr, _mask(fam, length), _limit(hosts, window), fam, length))
+            if tier == "strict" and ws["rate"]:
+                add("\t\t# first contacts on this port across all prefixes above what the exit's size explains")
+                add("\t\tupdate @wide_rate { tcp dport limit rate over %d/second burst %d packets } "
+                    "counter name detect_wide goto wide_%s" % (ws["rate"], ws["burst"], fam))
+            add("\t}")
+        if ws["rate"]:
+            add("\tchain wide_%s {" % fam)
+            if ws["pass_one_in"] > 1:
+                if enforce:
+                    add("\t\tnumgen random mod %d != 0 delete @seen_%s { %s . tcp dport } counter name blocked_wide %s"
+                        % (ws["pass_one_in"], fam, expr, verdict))
+                else:
+                    add("\t\tnumgen random mod %d != 0 counter name blocked_wide" % ws["pass_one_in"])
+            add("\t}")
+        if lg["rate"]:
+            add("\tchain login_hit_%s {" % fam)
+            add("\t\tadd @ban_login_%s_%d { %s . tcp dport }" % (fam, host_len, expr))
+            add("\t\tcounter name detect_login %s" % verdict)
+            add("\t}")
+        levels = _psweep_levels(p, fams[fam])
+        if levels:
+            add("\tchain psweep_%s {" % fam)
+            for length, mask, limit, _keep in levels:
+                add("\t\tupdate @psweep_%s_%d { %s & %s . tcp dport %s } goto psweep_hit_%s_%d"
+                    % (fam, length, expr, mask, limit, fam, length))
+            add("\t}")
+        for length, mask, _lim, _keep in levels:
+            add("\tchain psweep_hit_%s_%d {" % (fam, length))
+            add("\t\tadd @ban_psweep_%s_%d { %s & %s . tcp dport }" % (fam, length, expr, mask))
+            add("\t\tcounter name detect_psweep %s" % verdict)
             add("\t}")
         for length in hs["prefixes_" + fam]:
             add("\tchain hscan_hit_%s_%d {" % (fam, length))
@@ -206,6 +279,52 @@ def render(policy, digest):
         add("\t}")
     add("}")
     return "\n".join(L) + "\n"
+
+
+def _render_failures(add, p):
+    """Failed first contacts, counted per prefix and port once per connection:
+    a RST before any reply data (refused) and a retransmitted SYN (no answer).
+    Reply data on a guarded connection confirms its (narrowest) prefix instead.
+    (Our own FIN/RST before any reply data is not counted: first contacts into
+    unconfirmed prefixes are limited anyway, and counting every connection's
+    close cost 2 set updates per connection.)"""
+    settle = "ct mark set ct mark | 0x%08x" % common.MARK_SETTLED
+
+    def count(direction):
+        for fam in common.FAMILIES:
+            expr = EXPR[fam.name]
+            addr = expr if direction == "out" else expr.replace("daddr", "saddr")
+            port = "tcp dport" if direction == "out" else "tcp sport"
+            for length, mask, limit, _keep in _psweep_levels(p, fam):
+                key = "%s & %s . %s" % (addr, mask, port)
+                add("\t\tupdate @pfail_%s_%d { %s %s } add @ban_psweep_%s_%d { %s } counter name detect_psweep"
+                    % (fam.name, length, key, limit, fam.name, length, key))
+    add("")
+    add("\tchain retransmit {")
+    add("\t\tct mark & 0x%08x == 0x%08x jump failed_out"
+        % (common.MARK_FIRST | common.MARK_SETTLED, common.MARK_FIRST))
+    add("\t\taccept")
+    add("\t}")
+    add("\tchain failed_out {")
+    add("\t\t%s counter name psweep_failed" % settle)
+    count("out")
+    add("\t}")
+    add("")
+    add("\t# replies: only connections the guard marked and not yet settled go past the first rule")
+    add("\tchain input {")
+    add("\t\ttype filter hook input priority filter; policy accept;")
+    add("\t\tct mark & 0x%08x != 0x%08x return" % (common.MARK_CONTACT | common.MARK_SETTLED, common.MARK_CONTACT))
+    add("\t\ttcp flags & rst != 0 ct mark & 0x%08x != 0 jump failed_in" % common.MARK_FIRST)
+    # payload: longer than the largest IPv4 + TCP header (20 + 60) / TCP header (60)
+    for fam, length in (("v4", "ip length > 80"), ("v6", "ip6 length > 60")):
+        src = "ip saddr" if fam == "v4" else "ip6 saddr"
+        add("\t\t%s %s update @confirm_%s { %s & %s }"
+            % (length, settle, fam, src, _mask(fam, p["prefix_sweep"]["prefixes_" + fam][0])))
+    add("\t}")
+    add("\tchain failed_in {")
+    add("\t\t%s counter name psweep_failed" % settle)
+    count("in")
+    add("\t}")
 
 
 # --- reading and changing the kernel ------------------------------------------------

@@ -19,6 +19,22 @@ Detectors (all act on *new* outbound TCP connections of the guarded user only):
   ports where CDNs put thousands of sites in one prefix, and the `default` tier.
 * vertical scan: more than `ports` distinct ports of one host within
   `scan_window` bans that host.
+* repeated login (strict ports): more than `login.rate` new connections per
+  minute to one host and strict port (beyond a burst of `login.burst`) after
+  the first contact, bans that host and port for `login.ban_time`.
+  Password guessing opens sessions far faster than a person or a git client.
+* prefix sweep (every tier, web ports included): a /22 (IPv6 /48) is
+  confirmed for `confirm_time` seconds by reply data on any guarded connection
+  into it. First contacts into unconfirmed /22s are counted per prefix and port
+  at each level of `prefixes_v4`/`prefixes_v6` whose `burst` is not 0 (by
+  default one level: the /16 and IPv6 /32), and so are failed first contacts
+  (refused, or unanswered: a retransmitted SYN) into any /22. More than `burst`
+  (then `rate` per minute) bans the prefix and port for `ban_time`. A
+  browser's CDN /22 answers with data at once, so only sweeps fill the meters.
+* wide scan (strict ports): first contacts per strict port across all prefixes
+  beyond `wide_scan.rate` per second (burst `burst`) are rejected except one
+  in `pass_one_in`, at random, and not recorded as seen (a retry is a first
+  contact again). Repeats never pass this gate, and no port is ever banned.
 
 Thresholds scale with the relay's size through `profile` (or `bandwidth_mbit`).
 """
@@ -72,6 +88,29 @@ BASE = {
     },
     "vertical_scan": {"ports": 48},
     "set_size": 262144,
+    # rate: new connections per minute to one host and strict port; git over SSH
+    # opens at most one a second, 16-way guessing 20
+    "login": {"rate": 120, "burst": 8, "ban_time": 600},
+    # per destination prefix and port, counted while the /22 (the first level)
+    # has not sent reply data lately. One budget per /16 by default (the /22
+    # level is off: burst 0): burst + 4 x rate = 144 stays under the 150 new
+    # connections into a /22 within 4 minutes that provider netscan alarms
+    # count, and a /16 sweep leaks about 100 of 65,000 hosts
+    "prefix_sweep": {"prefixes_v4": [22, 16], "prefixes_v6": [48, 32], "burst": [0, 96], "rate": [24, 12],
+                     "confirm_time": 600, "ban_time": 600},
+    # first contacts per second on one strict port, all prefixes together
+    # (the burst absorbs the first contacts a /16 sweep makes before its ban)
+    "wide_scan": {"rate": 2, "burst": 100, "pass_one_in": 128},
+}
+
+# The options of the repeated-login, prefix-sweep and wide-scan detectors and
+# their bounds (lowest, highest); 0 turns a detector (or a prefix-sweep level) off
+# where the lowest bound allows it.
+DETECTOR_BOUNDS = {
+    "login": {"rate": (0, 60000), "burst": (1, 10000), "ban_time": (1, 2147483)},
+    "prefix_sweep": {"prefixes_v4": (8, 30), "prefixes_v6": (16, 64), "burst": (0, 10000),
+                     "rate": (1, 60000), "confirm_time": (10, 2147483), "ban_time": (1, 2147483)},
+    "wide_scan": {"rate": (0, 100000), "burst": (1, 1000000), "pass_one_in": (1, 65536)},
 }
 
 
@@ -133,6 +172,20 @@ def profile_defaults(profile):
         },
         "vertical_scan": {"ports": BASE["vertical_scan"]["ports"]},
         "set_size": _scaled(BASE["set_size"], factor, 65536),
+        # many users of a big exit share one forge: the square root, never below medium
+        "login": {
+            "rate": _scaled(BASE["login"]["rate"], math.sqrt(max(factor, 1.0)), 1),
+            "burst": _scaled(BASE["login"]["burst"], math.sqrt(max(factor, 1.0)), 1),
+            "ban_time": BASE["login"]["ban_time"],
+        },
+        # a destination's alarm threshold does not grow with the exit: not scaled
+        "prefix_sweep": dict((k, list(v) if isinstance(v, list) else v) for k, v in BASE["prefix_sweep"].items()),
+        # legitimate first contacts on a strict port grow with the number of users
+        "wide_scan": {
+            "rate": _scaled(BASE["wide_scan"]["rate"], factor, 1),
+            "burst": _scaled(BASE["wide_scan"]["burst"], factor, 10),
+            "pass_one_in": BASE["wide_scan"]["pass_one_in"],
+        },
     }
 
 
@@ -221,6 +274,32 @@ def _positive(option, value, allow_zero=False, bounds=None):
         raise PolicyError("%s: %r is out of range %d-%d" % (option, value, low, high))
 
 
+def _bounded(option, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PolicyError("%s: %r must be an integer within %d-%d" % (option, value, low, high))
+
+
+def _check_detectors(th):
+    """Bounds and shapes of the repeated-login, prefix-sweep and wide-scan options."""
+    ps = th["prefix_sweep"]
+    for key in ("prefixes_v4", "prefixes_v6", "burst", "rate"):
+        if not isinstance(ps[key], list) or not ps[key]:
+            raise PolicyError("prefix_sweep.%s: %r must be a non-empty list" % (key, ps[key]))
+    for group, limits in DETECTOR_BOUNDS.items():
+        for key, (low, high) in limits.items():
+            value = th[group][key]
+            for item in value if isinstance(value, list) else [value]:
+                _bounded("%s.%s" % (group, key), item, low, high)
+    for key in ("prefixes_v4", "prefixes_v6"):
+        if sorted(ps[key], reverse=True) != list(ps[key]) or len(set(ps[key])) != len(ps[key]):
+            raise PolicyError("prefix_sweep.%s: %r must go from the narrowest prefix to the widest, without repeats"
+                              % (key, ps[key]))
+    for key in ("prefixes_v6", "burst", "rate"):
+        if len(ps[key]) != len(ps["prefixes_v4"]):
+            raise PolicyError("prefix_sweep.%s: %r needs one value per level of prefixes_v4 %r"
+                              % (key, ps[key], ps["prefixes_v4"]))
+
+
 def build_policy(params, user_exists=None):
     """Validate module options and return the policy dict every backend renders.
 
@@ -253,6 +332,13 @@ def build_policy(params, user_exists=None):
     if profile not in PROFILES:
         raise PolicyError("profile: %r is not one of %s" % (profile, ", ".join(PROFILES)))
 
+    for group, limits in DETECTOR_BOUNDS.items():
+        given = params.get(group) or {}
+        if not isinstance(given, dict):
+            raise PolicyError("%s: %r must be a dictionary of %s" % (group, given, ", ".join(limits)))
+        unknown = sorted(k for k in set(given) - set(limits) if given[k] is not None)
+        if unknown:
+            raise PolicyError("%s: unknown option(s) %s; known: %s" % (group, unknown, ", ".join(limits)))
     th = _merge(profile_defaults(profile), {
         "scan_window": params.get("scan_window"),
         "ban_time": params.get("ban_time"),
@@ -260,7 +346,11 @@ def build_policy(params, user_exists=None):
         "horizontal_scan": params.get("horizontal_scan"),
         "vertical_scan": params.get("vertical_scan"),
         "set_size": params.get("set_size"),
+        "login": params.get("login"),
+        "prefix_sweep": params.get("prefix_sweep"),
+        "wide_scan": params.get("wide_scan"),
     })
+    _check_detectors(th)
 
     for key in ("scan_window", "ban_time", "set_size"):
         _positive(key, th[key])
@@ -317,6 +407,9 @@ def build_policy(params, user_exists=None):
         "flood": fl,
         "horizontal_scan": hs,
         "vertical_scan": th["vertical_scan"],
+        "login": th["login"],
+        "prefix_sweep": th["prefix_sweep"],
+        "wide_scan": th["wide_scan"],
         "strict_ports": sorted(set(strict_ports)),
         "web_ports": sorted(set(web_ports)),
         "allow_v4": sorted(str(n.cidr) for n in allow if n.version == 4),

@@ -35,7 +35,7 @@ CHAIN_PREFIX = "TOREXIT-"
 # The chains of one family after the prefix, in declaration order; HSHIT-<n> (one per
 # horizontal-scan level) come between the two groups.
 HEAD_CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")
-TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD")
+TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD", "LGHIT", "WIDE", "WIDEHIT")
 SET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 # ipset family and command prefix per family
@@ -106,7 +106,7 @@ def ipsets(policy):
         ]
     for ban in common.ban_sets(p):
         options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban.ban_time)]
-        if ban.detector == "hscan":
+        if ban.detector in ("hscan", "psweep"):
             options.append(("netmask", ban.length))
         out.append({"name": SET_PREFIX + ban.name, "type": "hash:ip,port" if ban.by_port else "hash:ip",
                     "family": IPSET_FAMILY[ban.family], "options": options, "static": False, "keep": True})
@@ -210,6 +210,8 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     guard, detect, scan, hs_strict, hs_web, hs_default = chains(p, prefix)[:6]
     hit = {length: prefix + "HSHIT-%d" % i for i, length in enumerate(hs["prefixes_" + fam])}
     vshit, flhit = prefix + "VSHIT", prefix + "FLHIT"
+    lghit, wide, widehit = prefix + "LGHIT", prefix + "WIDE", prefix + "WIDEHIT"
+    lg, ws = p["login"], p["wide_scan"]
     S = SET_PREFIX
 
     L = []
@@ -230,6 +232,11 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     add(detect, "-p tcp %s" % _counted("seen_full"))
     add(detect, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, scan))
     add(detect, "-p tcp -g %s" % flood)
+    # repeated logins: repeated new connections to one host and strict port
+    if lg["rate"]:
+        add(flood, "-p tcp -m set --match-set %sstrict_ports dst %s -g %s"
+            % (S, _hl(tag + "login_" + fam, "%d/minute" % lg["rate"], lg["burst"], "dstip,dstport",
+                      max(1024, size // 4), 60), lghit))
     # flood: rate limit only while many connections to the address are open
     add(flood, "-p tcp -m connlimit --connlimit-above %d --connlimit-mask %d --connlimit-daddr %s -g %s"
         % (fl["concurrent"], host, _hl(tag + "flood_" + fam, "%d/second" % fl["rate"], fl["burst"],
@@ -248,6 +255,20 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
                 add(chain, "-p tcp %s -g %s" % (
                     _hl("%shs_%s_%s_%d" % (tag, tier, fam, length), common.rate(hosts, window), hosts,
                         "dstip,dstport", size, window, mask=length), hit[length]))
+        if tier == "strict" and ws["rate"]:
+            # first contacts on this port across all prefixes above what the exit's size explains
+            add(chain, "-p tcp %s %s -g %s" % (_hl(tag + "wide_" + fam, "%d/second" % ws["rate"], ws["burst"],
+                                                   "dstport", 65536, 60), _counted("detect_wide"), wide))
+    if ws["rate"] and ws["pass_one_in"] > 1:
+        # all but one in pass_one_in at random; a refused first contact is forgotten (a retry is a first contact)
+        add(wide, "-p tcp -m statistic --mode random --probability %.8f -g %s"
+            % (1.0 - 1.0 / ws["pass_one_in"], widehit))
+        if p["mode"] == "enforce":
+            add(widehit, "-p tcp -j SET --del-set %sseen_%s dst,dst" % (S, fam))
+        add(widehit, "-p tcp %s %s" % (_counted("blocked_wide"), verdict))
+    if lg["rate"]:
+        add(lghit, "-p tcp -j SET --add-set %sban_login_%s_%d dst,dst" % (S, fam, host))
+        add(lghit, "-p tcp %s %s" % (_counted("detect_login"), verdict))
     for length in hs["prefixes_" + fam]:
         add(hit[length], "-p tcp -j SET --add-set %sban_hscan_%s_%d dst,dst" % (S, fam, length))
         add(hit[length], "-p tcp %s %s" % (_counted("detect_hscan"), verdict))

@@ -206,6 +206,72 @@ options:
       ports:
         description: Threshold (default 48; 0-65535); 0 disables the detector.
         type: int
+  login:
+    description:
+      - Repeated logins (password guessing) - new connections to one host and
+        strict port, first contacts and repeats alike. Beyond the burst and rate
+        the host and port are banned. Unset values come from the profile
+        (large and xlarge scale rate and burst with the square root).
+    type: dict
+    suboptions:
+      rate:
+        description: New connections per minute to one host and strict port (medium 120; 0-60000); 0 disables the detector.
+        type: int
+      burst:
+        description: Connections allowed before the rate applies (medium 8; 1-10000).
+        type: int
+      ban_time:
+        description: Seconds the host and port stay banned (600; 1-2147483).
+        type: int
+  prefix_sweep:
+    description:
+      - Sweeps of one prefix on one port, on every port tier (web ports included).
+        Reply data on any guarded connection into a /22 (IPv6 /48) confirms that
+        prefix for O(prefix_sweep.confirm_time); first contacts into unconfirmed
+        prefixes and failed first contacts (refused, unanswered) are counted per
+        prefix and port at each level whose burst is not 0. Not scaled by profile.
+      - The detector uses the bits 0x70000000 of the conntrack mark.
+    type: dict
+    suboptions:
+      prefixes_v4:
+        description: IPv4 prefix lengths, narrowest first; the first is the confirmed prefix (default [22, 16]; 8-30).
+        type: list
+        elements: int
+      prefixes_v6:
+        description: IPv6 prefix lengths, one per IPv4 level (default [48, 32]; 16-64).
+        type: list
+        elements: int
+      burst:
+        description: Counted connections per prefix and port before the rate applies, per level (default [0, 96]; 0-10000); 0 turns a level off.
+        type: list
+        elements: int
+      rate:
+        description: Counted connections per minute per prefix and port beyond the burst, per level (default [24, 12]; 1-60000).
+        type: list
+        elements: int
+      confirm_time:
+        description: Seconds reply data keeps a prefix confirmed (600; 10-2147483).
+        type: int
+      ban_time:
+        description: Seconds the prefix and port stay banned (600; 1-2147483).
+        type: int
+  wide_scan:
+    description:
+      - Internet-wide sweeps of one strict port. First contacts on a strict port,
+        all prefixes together, beyond the rate are refused except one in
+        O(wide_scan.pass_one_in), at random, and not recorded (a retry may pass).
+        Repeat contacts never pass this gate and no port is banned.
+    type: dict
+    suboptions:
+      rate:
+        description: First contacts per second on one strict port (medium 2, scaled with the profile; 0-100000); 0 disables the gate.
+        type: int
+      burst:
+        description: First contacts above the rate before the gate closes (medium 100; 1-1000000).
+        type: int
+      pass_one_in:
+        description: One in this many first contacts passes the closed gate at random (128; 1-65536).
+        type: int
   persist:
     description:
       - Write the ruleset to C(/etc/torexit/egress-guard.nft) and install the
@@ -317,6 +383,16 @@ def main():
                 hosts_default=dict(type="list", elements="int"),
                 hosts_web=dict(type="list", elements="int"))),
             vertical_scan=dict(type="dict", options=dict(ports=dict(type="int"))),
+            login=dict(type="dict", options=dict(
+                rate=dict(type="int"), burst=dict(type="int"), ban_time=dict(type="int"))),
+            prefix_sweep=dict(type="dict", options=dict(
+                prefixes_v4=dict(type="list", elements="int"),
+                prefixes_v6=dict(type="list", elements="int"),
+                burst=dict(type="list", elements="int"),
+                rate=dict(type="list", elements="int"),
+                confirm_time=dict(type="int"), ban_time=dict(type="int"))),
+            wide_scan=dict(type="dict", options=dict(
+                rate=dict(type="int"), burst=dict(type="int"), pass_one_in=dict(type="int", no_log=False))),
             persist=dict(type="bool", default=True),
         ),
         mutually_exclusive=[("profile", "bandwidth_mbit")],

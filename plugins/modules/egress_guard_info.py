@@ -65,7 +65,7 @@ digest:
   returned: when installed
   type: str
 counters:
-  description: Named counters (packets, bytes) - guarded_new, allowed, blocked_*, detect_*, seen_full.
+  description: Named counters (packets, bytes) - guarded_new, allowed, blocked_*, detect_*, seen_full, psweep_failed.
   returned: when installed
   type: dict
 bans:

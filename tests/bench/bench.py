@@ -33,8 +33,8 @@ CPU_ROUNDS = 9
 
 
 # --- scenario building blocks --------------------------------------------------------
-def sweep_job(port, order, rate, seconds, name="sweep"):
-    return {"name": name, "kind": "connect", "targets": {"t": "sweep", "net": L.SWEEP_NET, "port": port,
+def sweep_job(port, order, rate, seconds, name="sweep", net=L.SWEEP_NET):
+    return {"name": name, "kind": "connect", "targets": {"t": "sweep", "net": net, "port": port,
             "order": order}, "rate": rate, "n": int(rate * seconds), "duration": seconds,
             "concurrency": 3000, "timeout": 1.0}
 
@@ -45,9 +45,9 @@ def web_job(seconds, rate=250, start_after=0):
             "up": 400, "down_range": [2048, 32768], "rtts": 3, "start_after": start_after}
 
 
-def upload_job(n):
+def upload_job(n, duration=20):
     return {"name": "upload", "kind": "pool", "targets": {"t": "one", "host": L.UPLOAD_HOST, "port": 443},
-            "n": n, "concurrency": 6, "duration": 20, "timeout": 3.0, "up": 32768, "down": 64, "rtts": 4}
+            "n": n, "concurrency": 6, "duration": duration, "timeout": 3.0, "up": 32768, "down": 64, "rtts": 4}
 
 
 def delta(c0, c1):
@@ -55,9 +55,11 @@ def delta(c0, c1):
 
 
 def measured(lab, spec, timeout, sweep_hosts=False):
-    """Run load generator processes (one per job group) and the arrival counters around them."""
-    if sweep_hosts:
-        lab.flush_sweep_hosts()
+    """Run load generator processes (one per job group) and the arrival counters around them.
+    sweep_hosts: True (the sweep /16) or a name of lab.HOST_SETS: distinct hosts reached."""
+    hostset = "sweep" if sweep_hosts is True else sweep_hosts
+    if hostset:
+        lab.flush_sweep_hosts(hostset)
     c0, t0 = lab.counters(), time.monotonic()
     procs = [lab.loadgen_start(spec.get("name", "x"), {"jobs": group}) for group in spec["groups"]]
     out = L.wait_all(procs, timeout)
@@ -67,8 +69,8 @@ def measured(lab, spec, timeout, sweep_hosts=False):
         if "error" in o:
             raise RuntimeError(o["error"])
         res.update(o["jobs"])
-    if sweep_hosts:
-        res["sweep_hosts"] = lab.sweep_host_stats()
+    if hostset:
+        res["sweep_hosts"] = lab.sweep_host_stats(hostset)
     return res
 
 
@@ -130,6 +132,113 @@ def sc_benign(lab, v, q):
     return measured(lab, {"groups": [[upload_job(300), torrent], [web_job(20)]]}, 90)
 
 
+# --- issue 15: password guessing, web-port sweeps, internet-wide sweeps, busy exit -----
+GUESS_WAYS = (4, 8, 16, 32)
+
+
+def ssh_session(name, host, seconds, workers=1, hold=0.8, interval=None, up=48, down=1024, seed=1):
+    """Sessions to one host's port 22, reconnecting until time is up: the client
+    sends its banner, the server answers (banner + key exchange: data on every
+    connection), the session stays open `hold` seconds, then a new one starts."""
+    job = {"name": name, "kind": "workers", "targets": {"t": "one", "host": host, "port": 22},
+           "workers": workers, "duration": seconds, "max_per_worker": 100000, "timeout": 5.0,
+           "up": up, "down": down, "rtts": 1, "hold": hold, "seed": seed}
+    if interval:
+        job["interval"] = interval
+    return job
+
+
+def sc_guess(lab, v, q):
+    """Password guessing: N parallel sessions (N = 4, 8, 16, 32, each against its own
+    host) held ~0.8 s each for 30 s; meanwhile, for 90 s, a git-over-SSH user opening
+    a short session every 1-2 s to one host, and an interactive user on another host:
+    one long session after the other plus a new session every 3-6 s to the same host."""
+    secs, legit_secs = (10, 20) if q else (30, 90)
+    victims = L.hosts_of(L.LOGIN_NET, len(GUESS_WAYS), 71)
+    guess = [ssh_session("guess%d" % n, h, secs, workers=n, seed=n) for n, h in zip(GUESS_WAYS, victims)]
+    git_host, shell_host = L.hosts_of(L.SSH_USERS, 2, 72)
+    legit = [ssh_session("git", git_host, legit_secs, hold=0.3, interval=[1.0, 2.0], up=2048, down=16384, seed=3),
+             ssh_session("shell", shell_host, legit_secs, hold=15.0, up=256, down=4096, seed=4),
+             ssh_session("shell_new", shell_host, legit_secs, hold=1.0, interval=[3.0, 6.0], seed=5)]
+    return measured(lab, {"groups": [guess, legit]}, legit_secs + 40)
+
+
+WEB_SWEEPS = (("ws_answer", L.WS_ANSWER, "sequential", "hosts answer, address order"),
+              ("ws_random", L.WS_RANDOM, "random", "hosts answer, random order"),
+              ("ws_refuse", L.WS_REFUSE, "sequential", "hosts refuse (RST)"),
+              ("ws_dark", L.WS_DARK, "sequential", "hosts dark (no answer)"))
+
+
+def cdn_web_job(name, seconds, rate, net, hosts, share):
+    """Web browsing where `share` of the connections go to one CDN: `hosts` distinct
+    addresses inside one /22, Zipf-distributed repeat visits, data on every connection."""
+    return dict(web_job(seconds, rate), name=name, targets={"t": "web", "cdn_net": net, "cdn_hosts": hosts,
+                                                            "cdn_share": share})
+
+
+def sc_websweep(lab, v, q):
+    """Sweeps of port 443 over a /16 at 2,000/s (hosts that answer, in address and
+    in random order; hosts that refuse; dark hosts), one after the other, each on
+    its own /16; then the CDN-safe web mix."""
+    secs = 5 if q else 25
+    res = {}
+    for name, net, order, _label in WEB_SWEEPS:
+        res[name] = measured(lab, {"groups": [[sweep_job(443, order, 2000, secs, name="sweep", net=net)]]},
+                             secs + 30, sweep_hosts=name)
+    res["cdn"] = measured(lab, {"groups": [[cdn_web_job("cdn", 10 if q else 30, 250, L.CDN22_NET, 700, 0.5)]]}, 90)
+    return res
+
+
+def sc_wide(lab, v, q):
+    """Internet-wide sweep of port 22: random addresses over 2,304 /16s at 2,000/s
+    for 20 s. Before it, SSH to 8 servers; during it, new sessions to those servers
+    (4/s, must all pass) and first SSH sessions to 20 other servers (0.5/s, shown)."""
+    secs = 6 if q else 20
+    # (the 20 new servers are spread over 4 other /24s: 28 servers of one /24 within
+    # 10 minutes would be a horizontal scan of that /24 by the strict tier's measure)
+    known = [[h, 22] for h in L.hosts_of(L.KNOWN_NET, 8, 81)]
+    fresh = [[h, 22] for h in L.hosts_of(L.FRESH_NET, 20, 82)]
+    pre = {"name": "known_before", "kind": "pool", "targets": {"t": "cycle", "pairs": known}, "n": len(known),
+           "concurrency": len(known), "duration": 10, "timeout": 3.0, "up": 48, "down": 1024, "rtts": 1}
+    res = lab.loadgen("wide-pre", {"jobs": [pre]}, 30)["jobs"]
+    sweep = {"name": "wide", "kind": "connect", "targets": {"t": "wide", "nets": list(L.WIDE_NETS), "port": 22},
+             "rate": 2000, "n": 2000 * secs, "duration": secs, "concurrency": 3000, "timeout": 1.0}
+    during = {"name": "known", "kind": "request", "targets": {"t": "cycle", "pairs": known}, "rate": 4,
+              "n": 4 * secs, "duration": secs, "timeout": 3.0, "up": 48, "down": 1024, "rtts": 1,
+              "concurrency": 20, "start_after": 1}
+    new = {"name": "fresh", "kind": "request", "targets": {"t": "cycle", "pairs": fresh}, "rate": 0.5,
+           "n": len(fresh), "duration": secs, "timeout": 3.0, "up": 48, "down": 1024, "rtts": 1,
+           "concurrency": 20, "start_after": 1}
+    res.update(measured(lab, {"groups": [[sweep], [during, new]]}, secs + 40))
+    return res
+
+
+BUSY_PARTS = ("web", "upload", "shell", "git", "torrent", "mail")
+
+
+def sc_busy(lab, v, q):
+    """A busy exit: many users at once for 40 s - web (150 new conn/s, 40% to one CDN
+    /22 with 500 addresses), an uploader, 10 interactive SSH users, 6 git-over-SSH
+    users (two of them on one shared forge), torrent peers on high ports, mail
+    submission (587) and IMAP (993) to 3 providers."""
+    secs = 10 if q else 40
+    web = cdn_web_job("web", secs, 150, L.BUSY_CDN, 500, 0.4)
+    shells = [[h, 22] for h in L.hosts_of(L.SSH_USERS, 10, 91)]
+    shell = {"name": "shell", "kind": "request", "targets": {"t": "cycle", "pairs": shells}, "rate": 1,
+             "n": secs, "duration": secs, "timeout": 5.0, "up": 256, "down": 4096, "rtts": 2, "hold": 8.0,
+             "concurrency": 50}
+    forges = L.hosts_of(L.SSH_USERS, 5, 92)
+    git = [ssh_session("git%d" % i, h, secs, workers=2 if i == 0 else 1, hold=0.3, interval=[1.0, 2.0],
+                       up=2048, down=16384, seed=30 + i) for i, h in enumerate(forges)]
+    torrent = {"name": "torrent", "kind": "request", "targets": {"t": "torrent"}, "rate": 5, "n": 5 * secs,
+               "duration": secs, "timeout": 5.0, "up": 16384, "down": 16384, "rtts": 4, "concurrency": 50}
+    mail = {"name": "mail", "kind": "request", "targets": {"t": "list", "hosts": L.hosts_of(L.MAIL_NET, 3, 93),
+            "ports": [587, 993]}, "rate": 1.5, "n": int(1.5 * secs), "duration": secs, "timeout": 5.0,
+            "up": 2048, "down": 4096, "rtts": 3, "hold": 2.0, "concurrency": 20}
+    return measured(lab, {"groups": [[web, upload_job(25 * secs // 4, secs + 5)], [shell, torrent, mail] + git]},
+                    secs + 60)
+
+
 def slab_bytes():
     """Bytes in all slab caches of the machine (/proc/slabinfo: active objects x size)."""
     total = 0
@@ -164,7 +273,8 @@ def sc_fill(lab, v, q):
 
 SWEEP2_PLANNED = 20000
 FULL = [("cpu", sc_cpu), ("sweep", sc_sweep), ("flood", sc_flood),
-        ("benign", sc_benign), ("fill", sc_fill)]
+        ("benign", sc_benign), ("guess", sc_guess), ("busy", sc_busy), ("websweep", sc_websweep),
+        ("wide", sc_wide), ("fill", sc_fill)]
 QUICK = [("sweep", sc_sweep)]
 
 
@@ -305,6 +415,89 @@ def _throttle(r, n):
     return ("never", float("inf")) if t is None else ("%.3f s" % t, t)
 
 
+def _jobs_succ(scn, *jobs, sub=None):
+    """Success over several jobs of a scenario together: ok / tried (planned when larger)."""
+    def f(r, n):
+        base = g(r, scn, sub) if sub else g(r, scn)
+        js = [g(base, j) for j in jobs]
+        js = [j for j in js if j and j.get("attempts")]
+        if not js:
+            return "n/a", None
+        ok = sum(j["ok"] for j in js)
+        tried = sum(max(j["attempts"], j.get("planned") or 0) for j in js)
+        return "%.2f%% (%d/%d)" % (100.0 * ok / tried, ok, tried), 100.0 * ok / tried
+    return f
+
+
+def _guess(ways):
+    def f(r, n):
+        j, jn = g(r, "guess", "guess%d" % ways), g(n, "guess", "guess%d" % ways)
+        if not j:
+            return "n/a", None
+        if not jn or not jn.get("ok"):
+            return "%d sessions of %d tries" % (j["ok"], j["attempts"]), None
+        p = 100.0 * j["ok"] / jn["ok"]
+        return "%d sessions (%.2f%%; %d tries)" % (j["ok"], p, j["attempts"]), p
+    return f
+
+
+def _hosts_frac(r, name):
+    h, att = g(r, "websweep", name, "sweep_hosts", "distinct_hosts"), g(r, "websweep", name, "sweep", "attempts")
+    return (h, att, h / att) if h is not None and att else (h, att, None)
+
+
+def _ws_leak(name):
+    """Distinct hosts of the swept /16 that saw a SYN, per attempt, relative to none
+    (hosts, not SYNs: dark hosts see the kernel's SYN retransmissions too)."""
+    def f(r, n):
+        h, att, fr = _hosts_frac(r, name)
+        if fr is None:
+            return "n/a", None
+        fn = _hosts_frac(n, name)[2]
+        if not fn:
+            return "%d hosts of %d tried" % (h, att), None
+        p = 100.0 * fr / fn
+        return "%d hosts of %d tried (%.2f%%)" % (h, att, p), p
+    return f
+
+
+def _ws_max22(r, n):
+    vals = [g(r, "websweep", name, "sweep_hosts", "max_per_22") for name, _n, _o, _l in WEB_SWEEPS]
+    if any(x is None for x in vals):
+        return "n/a", None
+    return "answer %d, random %d, refuse %d, dark %d" % tuple(vals), max(vals)
+
+
+def _wide(r, n):
+    a, att = g(r, "wide", "arrived", "wide"), g(r, "wide", "wide", "attempts")
+    if a is None or not att:
+        return "n/a", None
+    an, attn = g(n, "wide", "arrived", "wide"), g(n, "wide", "wide", "attempts")
+    if not an or not attn:
+        return "%d of %d SYN" % (a, att), None
+    p = 100.0 * (a / att) / (an / attn)
+    return "%d of %d SYN (%.2f%%)" % (a, att, p), p
+
+
+def _busy(r, n):
+    b = g(r, "busy")
+    if not b:
+        return "n/a", None
+    parts, ok, tried = [], 0, 0
+    for part in BUSY_PARTS:
+        js = [j for k, j in b.items() if isinstance(j, dict) and j.get("attempts") is not None
+              and (k == part or (part == "git" and k.startswith("git")))]
+        if not js:
+            continue
+        o = sum(j["ok"] for j in js)
+        t = sum(max(j["attempts"], j.get("planned") or 0) for j in js)
+        ok, tried = ok + o, tried + t
+        parts.append("%s %d/%d" % (part, o, t))
+    if not tried:
+        return "n/a", None
+    return "%.2f%% (%d/%d: %s)" % (100.0 * ok / tried, ok, tried, ", ".join(parts)), 100.0 * ok / tried
+
+
 ROWS = [
     ("sweep_reach", "sweep :22 over a /16, 2,000/s, 30 s: SYNs reaching the /16 (% of none, per attempt)",
      "≤ 0.5%", _sweep_reach, lambda x: x is not None and x <= 0.5, False),
@@ -330,6 +523,35 @@ ROWS = [
      lambda x: x is not None and x >= 100.0, False),
     ("web", "web mix: 250 new conn/s, Zipf over 3,000 sites, 30% one CDN /24, 20 s: success", "≥ 99.9%",
      _succ("benign", "web"), lambda x: x is not None and x >= 99.9, False),
+    ("guess16", "password guessing: 16 parallel sessions to one host:22, each held 0.8 s, 30 s: sessions "
+     "through (% of none)", "≤ 5%", _guess(16), lambda x: x is not None and x <= 5.0, False),
+    ("guess8", "password guessing, 8 parallel: sessions through (% of none)", "≤ 5%", _guess(8),
+     lambda x: x is not None and x <= 5.0, False),
+    ("guess32", "password guessing, 32 parallel: sessions through (% of none)", "≤ 5%", _guess(32),
+     lambda x: x is not None and x <= 5.0, False),
+    ("guess4", "password guessing, 4 parallel: sessions through (% of none)", "shown", _guess(4),
+     lambda x: True, False),
+    ("git", "git over SSH: a short session every 1-2 s to one host, 90 s: success", "100%",
+     _succ("guess", "git"), lambda x: x is not None and x >= 100.0, False),
+    ("shell", "interactive SSH: 15 s sessions one after the other + a new session every 3-6 s to the same "
+     "host, 90 s: success", "100%", _jobs_succ("guess", "shell", "shell_new"),
+     lambda x: x is not None and x >= 100.0, False),
+    ("busy", "busy-exit legit mix, 40 s: web 150/s (40% to 500 hosts of one CDN /22), upload, 10 interactive "
+     "SSH, 6 git users (2 on one forge), torrent, mail 587/993: success", "≥ 99.9%", _busy,
+     lambda x: x is not None and x >= 99.9, False),
+] + [("ws_" + name[3:], "web sweep :443 over a /16, 2,000/s, 25 s, %s: hosts reached (%% of none, per attempt)"
+      % label, "≤ 0.5%", _ws_leak(name), lambda x: x is not None and x <= 0.5, False)
+     for name, _net, _order, label in WEB_SWEEPS] + [
+    ("ws_max22", "those web sweeps: most hosts reached in one /22 (within 25 s; target from 150 in 4 min)",
+     "≤ 150", _ws_max22, lambda x: x is not None and x <= 150, False),
+    ("cdn", "CDN-safe web mix: 250 new conn/s, 30 s, 50% to 700 hosts of one /22 (Zipf repeat visits), data on "
+     "every connection: success", "≥ 99.9%", _jobs_succ("websweep", "cdn", sub="cdn"), lambda x: x is not None and x >= 99.9, False),
+    ("wide", "internet-wide sweep :22, random hosts over 2,304 /16s, 2,000/s, 20 s: SYNs arriving (% of none, "
+     "per attempt)", "≤ 2%", _wide, lambda x: x is not None and x <= 2.0, False),
+    ("wide_known", "SSH to 8 hosts contacted before that sweep (once each), then 4/s during it: success", "100%",
+     _jobs_succ("wide", "known_before", "known"), lambda x: x is not None and x >= 100.0, False),
+    ("wide_fresh", "first SSH to 20 other hosts during that sweep, 0.5/s: success", "shown",
+     _jobs_succ("wide", "fresh"), lambda x: True, False),
     ("cpu", "CPU per new connection, guard on vs off, same lab (stateful inbound firewall in both; guard-ufw: "
      "ufw enabled in both), %d rounds × 2,000 connections to distinct hosts, load generator's CPU" % CPU_ROUNDS,
      "≤ 1.10×", _cpu,

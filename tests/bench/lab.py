@@ -26,6 +26,8 @@ RELAY_V6, NET_V6 = "2001:db8:ffff::1", "2001:db8:ffff::2"  # veth, /126, outside
 LOCAL_V4 = "198.18.0.0/15"      # every address here is a host of the internet namespace
 LOCAL_V4_E = "244.0.0.0/6"      # class E, also local there: room to spread web sites
 LOCAL_V6 = "2001:db8::/33"
+# more class E, local there too (240.0.0.0/8 holds the veth /30 and stays routed)
+LOCAL_V4_MORE = ("241.0.0.0/8", "242.0.0.0/7", "248.0.0.0/6", "252.0.0.0/7", "254.0.0.0/8")
 
 SWEEP_NET = "198.18.0.0/16"     # horizontal scans (port 22, later port 3389)
 TORRENT_V4 = "198.19.0.0/20"
@@ -37,6 +39,20 @@ FLOOD_HOST = "198.19.251.1"
 FLOOD_PROBE = "198.19.252.0/24"
 UPLOAD_HOST = "198.19.253.10"
 LEGIT_NET = "198.19.254.0/24"
+# issue 15: password guessing, web-port sweeps, internet-wide sweeps, busy-exit mix
+LOGIN_NET = "198.19.200.0/24"   # victims of password guessing (one host per run)
+SSH_USERS = "198.19.201.0/24"   # git-over-SSH and interactive SSH servers
+KNOWN_NET = "198.19.202.0/24"   # SSH servers contacted before the internet-wide sweep
+MAIL_NET = "198.19.203.0/24"    # mail submission/IMAP providers of the busy mix
+FRESH_NET = "198.19.204.0/22"   # SSH servers first contacted during the internet-wide sweep
+CDN22_NET = "198.19.236.0/22"   # the CDN-safe web mix: hundreds of hosts in one /22
+BUSY_CDN = "198.19.232.0/22"    # the busy mix's CDN /22
+WS_ANSWER = "241.1.0.0/16"      # web-port sweeps: hosts answer,
+WS_RANDOM = "241.4.0.0/16"      # answer (random order),
+WS_REFUSE = "241.2.0.0/16"      # refuse with RST (nft reject in the internet namespace),
+WS_DARK = "241.3.0.0/16"        # stay dark (SYNs dropped there, no answer)
+# internet-wide sweep: random addresses over 2,304 /16s (all local in the internet namespace)
+WIDE_NETS = ("242.0.0.0/7", "248.0.0.0/6", "252.0.0.0/7", "254.0.0.0/8")
 FILL_V6 = "2001:db8::/34"       # one host in each of 16,384 /48s
 TORRENT_V6 = "2001:db8:4000::/34"
 
@@ -45,9 +61,15 @@ RANGES = {
     "sweep": SWEEP_NET, "torrent4": TORRENT_V4, "web": WEB_SITES, "fill4": FILL_V4,
     "cdn": CDN_NET, "vscan": VSCAN_HOST, "flood": FLOOD_HOST, "flood_probe": FLOOD_PROBE,
     "upload": UPLOAD_HOST, "legit": LEGIT_NET, "fill6": FILL_V6, "torrent6": TORRENT_V6,
+    "login": LOGIN_NET, "ssh_users": SSH_USERS, "known": KNOWN_NET, "fresh": FRESH_NET, "mail": MAIL_NET,
+    "cdn22": CDN22_NET, "busy_cdn": BUSY_CDN, "ws_answer": WS_ANSWER, "ws_random": WS_RANDOM,
+    "ws_refuse": WS_REFUSE, "ws_dark": WS_DARK, "wide": WIDE_NETS,
 }
+# Ranges whose distinct hosts that saw a SYN are recorded (max per /22, leak by hosts)
+HOST_SETS = {"sweep": SWEEP_NET, "ws_answer": WS_ANSWER, "ws_random": WS_RANDOM,
+             "ws_refuse": WS_REFUSE, "ws_dark": WS_DARK}
 
-FIXED_PORTS = (22, 80, 443, 3389)
+FIXED_PORTS = (22, 80, 443, 587, 993, 3389)
 FLOOD_PORT = 80
 
 
@@ -156,6 +178,8 @@ class Lab:
         sh("ip", "-n", self.relay, "-6", "route", "add", "default", "via", NET_V6)
         sh("ip", "-n", self.net, "route", "add", "local", LOCAL_V4, "dev", "lo")
         sh("ip", "-n", self.net, "route", "add", "local", LOCAL_V4_E, "dev", "lo")
+        for net in LOCAL_V4_MORE:
+            sh("ip", "-n", self.net, "route", "add", "local", net, "dev", "lo")
         sh("ip", "-n", self.net, "-6", "route", "add", "local", LOCAL_V6, "dev", "lo")
         # 10 ms each way where the kernel has netem; otherwise the servers emulate
         # the path delay in their replies (see docs/bench.md).
@@ -196,16 +220,23 @@ class Lab:
         lines = ["table inet txbench {", "  counter syn_all { }"]
         for name in RANGES:
             lines.append("  counter c_%s { }" % name)
-        lines += ["  set sweep_hosts { type ipv4_addr; size 131072; flags dynamic; }",
-                  "  chain pre {",
+        for name in HOST_SETS:
+            lines.append("  set h_%s { type ipv4_addr; size 131072; flags dynamic; }" % name)
+        lines += ["  chain pre {",
                   "    type filter hook prerouting priority -300; policy accept;",
                   '    iifname "%s" tcp flags & (fin | syn | rst | ack) == syn jump syn' % self.veth_n,
                   "  }", "  chain syn {", "    counter name syn_all"]
         for name, net in RANGES.items():
-            fam = "ip6" if ":" in net else "ip"
-            lines.append("    %s daddr %s counter name c_%s" % (fam, net, name))
-        lines.append("    ip daddr %s add @sweep_hosts { ip daddr }" % SWEEP_NET)
-        lines += ["  }", "}"]
+            nets = net if isinstance(net, tuple) else (net,)
+            fam = "ip6" if ":" in nets[0] else "ip"
+            lines.append("    %s daddr %s counter name c_%s" % (
+                fam, "{ %s }" % ", ".join(nets) if len(nets) > 1 else nets[0], name))
+        for name, net in HOST_SETS.items():
+            lines.append("    ip daddr %s add @h_%s { ip daddr }" % (net, name))
+        # web-port sweep targets: one /16 refuses (RST), one stays dark (no answer)
+        lines += ["  }", "  chain input {", "    type filter hook input priority 0; policy accept;",
+                  "    ip daddr %s tcp flags syn reject with tcp reset" % WS_REFUSE,
+                  "    ip daddr %s drop" % WS_DARK, "  }", "}"]
         return "\n".join(lines) + "\n"
 
     def counters(self):
@@ -218,13 +249,13 @@ class Lab:
                 res[c["name"].removeprefix("c_")] = c["packets"]
         return res
 
-    def flush_sweep_hosts(self):
-        self.ns(self.net, "nft", "flush", "set", "inet", "txbench", "sweep_hosts")
+    def flush_sweep_hosts(self, name="sweep"):
+        self.ns(self.net, "nft", "flush", "set", "inet", "txbench", "h_" + name)
 
-    def sweep_host_stats(self):
-        """Distinct hosts of the sweep /16 that saw a SYN, and the most in any /22."""
+    def sweep_host_stats(self, name="sweep"):
+        """Distinct hosts of a recorded range that saw a SYN, and the most in any /22."""
         out = json.loads(self.ns(self.net, "nft", "-j", "list", "set", "inet", "txbench",
-                                 "sweep_hosts", timeout=60).stdout)
+                                 "h_" + name, timeout=60).stdout)
         elems = []
         for item in out["nftables"]:
             if "set" in item:

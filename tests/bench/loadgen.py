@@ -54,22 +54,40 @@ def targets(spec, seed=1):
     if t == "pairs":
         pairs = spec["pairs"]
         return iter(lambda: tuple(rnd.choice(pairs)), None)
+    if t == "cycle":  # the pairs in order, again and again (each host visited in turn)
+        pairs = [tuple(x) for x in spec["pairs"]]
+        return (pairs[i % len(pairs)] for i in range(10 ** 9))
     if t == "list":
         hosts, ports = spec["hosts"], spec["ports"]
         return iter(lambda: (rnd.choice(hosts), rnd.choice(ports)), None)
     if t == "web":
         sites = lab.hosts_of(lab.WEB_SITES, spec.get("sites", 3000), 11)
-        cdn = lab.hosts_of(lab.CDN_NET, 16, 12)
-        cum, acc = [], 0.0
-        for k in range(1, len(sites) + 1):
-            acc += 1.0 / k ** spec.get("zipf_s", 1.0)
-            cum.append(acc)
+        site_pick = zipf(sites, spec.get("zipf_s", 1.0), rnd)
+        # the CDN: by default 16 hosts of one /24, uniform; with cdn_net, cdn_hosts
+        # distinct addresses of that prefix with Zipf-distributed repeat visits
+        if spec.get("cdn_net"):
+            cdn_pick = zipf(lab.hosts_of(spec["cdn_net"], spec["cdn_hosts"], 13), spec.get("cdn_zipf_s", 1.0), rnd)
+        else:
+            cdn = lab.hosts_of(lab.CDN_NET, 16, 12)
+
+            def cdn_pick():
+                return rnd.choice(cdn)
 
         def pick():
-            host = (rnd.choice(cdn) if rnd.random() < spec.get("cdn_share", 0.3)
-                    else sites[bisect.bisect_left(cum, rnd.random() * acc)])
+            host = cdn_pick() if rnd.random() < spec.get("cdn_share", 0.3) else site_pick()
             return host, 443 if rnd.random() < 0.85 else 80
         return iter(pick, None)
+    if t == "wide":  # internet-wide: random addresses over many /16s, one port
+        nets = [ipaddress.ip_network(n) for n in spec["nets"]]
+        weights = [n.num_addresses for n in nets]
+
+        def pick_wide():
+            net = rnd.choices(nets, weights)[0]
+            while True:
+                a = int(net.network_address) + rnd.randrange(net.num_addresses)
+                if a & 0xFF not in (0, 255):
+                    return str(ipaddress.ip_address(a)), spec["port"]
+        return iter(pick_wide, None)
     if t == "torrent":
         ports = lab.torrent_ports()
         peers = lab.hosts_of(lab.TORRENT_V4, 150, 21) + lab.hosts_of(lab.TORRENT_V6, 50, 22)
@@ -84,6 +102,15 @@ def targets(spec, seed=1):
         hosts = lab.hosts_of(lab.FILL_V4, spec["n"], seed)
         return ((h, rnd.choice(ports)) for h in hosts)
     raise ValueError("unknown target spec %r" % t)
+
+
+def zipf(items, s, rnd):
+    """A picker of items with Zipf-distributed popularity (rank k weighs 1/k^s)."""
+    cum, acc = [], 0.0
+    for k in range(1, len(items) + 1):
+        acc += 1.0 / k ** s
+        cum.append(acc)
+    return lambda: items[min(len(items) - 1, bisect.bisect_left(cum, rnd.random() * acc))]
 
 
 # --- one connection ------------------------------------------------------------
@@ -122,7 +149,9 @@ async def connect_only(host, port, timeout, **_):
         s.close()
 
 
-async def request(host, port, timeout, up=256, down=1024, rtts=2, rst=False, **_):
+async def request(host, port, timeout, up=256, down=1024, rtts=2, rst=False, hold=0.0, **_):
+    """Connect, upload `up` bytes, read `down` bytes of reply; then keep the session
+    open for `hold` seconds (a login session, an interactive shell) and close."""
     loop = asyncio.get_running_loop()
     s = new_sock(host)
 
@@ -137,6 +166,8 @@ async def request(host, port, timeout, up=256, down=1024, rtts=2, rst=False, **_
             got += len(chunk)
     try:
         await asyncio.wait_for(talk(), timeout)
+        if hold:
+            await asyncio.sleep(hold)
         if rst:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
         return "ok"
@@ -176,7 +207,7 @@ class Stats:
 # --- job kinds -------------------------------------------------------------------
 def attempt_fn(job):
     fn = connect_only if job["kind"] in ("connect", "cpu") else request
-    kw = {k: job[k] for k in ("up", "down", "rtts", "rst") if k in job}
+    kw = {k: job[k] for k in ("up", "down", "rtts", "rst", "hold") if k in job}
     if job.get("down_range"):
         lo, hi = job["down_range"]
         rnd = random.Random(5)
@@ -237,10 +268,13 @@ async def pool(job, st):
 
 
 async def workers(job, st):
+    """k workers reconnecting to one target until time is up; with `interval`
+    [lo, hi] each waits a uniform random time in between (a person, a git client)."""
     fn = attempt_fn(job)
     host, port = job["targets"]["host"], job["targets"]["port"]
     st.t0 = time.monotonic()
     deadline = st.t0 + job["duration"]
+    rnd = random.Random(job.get("seed", 1))
 
     async def worker():
         for _try in range(job["max_per_worker"]):
@@ -249,7 +283,9 @@ async def workers(job, st):
             started = time.monotonic() - st.t0
             outcome = await fn(host, port, job["timeout"])
             st.add(outcome, started)
-            if outcome != "ok":
+            if job.get("interval"):
+                await asyncio.sleep(rnd.uniform(*job["interval"]))
+            elif outcome != "ok":
                 await asyncio.sleep(job.get("backoff", 0.005))
     await asyncio.gather(*(worker() for _worker in range(job["workers"])))
     st.t_end = time.monotonic()

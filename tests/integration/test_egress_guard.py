@@ -223,3 +223,44 @@ def test_lowering_set_size_below_the_active_bans_keeps_the_longest(lab):
     kept = [e for obj in json.loads(listed)["nftables"] if "set" in obj for e in obj["set"].get("elem", [])]
     assert len(kept) == 1024
     assert "198.18.0.1\"" not in listed      # the ban with the least time left is gone
+
+
+# Issue 15: repeated logins and the wide-scan gate; shared with the iptables and ufw tests.
+NO_SCAN_BANS = {"horizontal_scan": {"hosts_strict": [0, 0]}, "prefix_sweep": {"burst": [0, 0]}}
+
+
+def check_repeated_logins_ban_host_and_port(lab, base):
+    listen(lab, 22)
+    listen(lab, 443)
+    ansible_module(lab.relay, GUARD, base)
+    guessing = probe(lab, [["198.19.200.7", 22]] * 80, concurrency=4)
+    # the first contact, the burst of 8 and 2/s of refill while it runs
+    assert guessing["ok"] <= 20 and guessing["refused"] >= 60, guessing
+    assert probe(lab, [["198.19.200.8", 22], ["198.19.200.7", 443]]) == {"ok": 2, "refused": 0, "timeout": 0}
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {"show_bans": True})
+    assert info["counters"]["detect_login"]["packets"] >= 1, info["counters"]
+    assert info["counters"]["blocked_login"]["packets"] >= 50, info["counters"]
+    bans = info["bans"]["ban_login_v4_32"]
+    assert bans["count"] == 1 and bans["entries"][0]["key"] == "198.19.200.7 . 22", bans
+
+
+def check_wide_scan_gate_spares_known_hosts(lab, base):
+    listen(lab, 22)
+    ansible_module(lab.relay, GUARD, dict(base, **NO_SCAN_BANS))
+    known = [["198.19.50.%d" % i, 22] for i in range(1, 6)]
+    assert probe(lab, known)["ok"] == 5
+    sweep = probe(lab, [["198.18.%d.%d" % (i // 200, i % 200 + 1), 22] for i in range(600)])
+    # a burst of 100, 2/s while it runs and 1 in 128 of the rest at random
+    assert sweep["ok"] <= 150 and sweep["refused"] >= 450, sweep
+    assert probe(lab, known * 2, concurrency=2)["ok"] == 10
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", {})
+    assert info["counters"]["blocked_wide"]["packets"] >= 450, info["counters"]
+    assert not [name for name in info["bans"] if "wide" in name]
+
+
+def test_repeated_logins_ban_host_and_port(lab):
+    check_repeated_logins_ban_host_and_port(lab, BASE)
+
+
+def test_wide_scan_gate_spares_known_hosts(lab):
+    check_wide_scan_gate_spares_known_hosts(lab, BASE)

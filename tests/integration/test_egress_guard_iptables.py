@@ -2,7 +2,14 @@
 mode, sweep stopped while uploads pass, info counters, and absent removing only
 the guard's chains and sets."""
 from conftest import ansible_module
-from test_egress_guard import assert_monitor_mode_counts_but_blocks_nothing, assert_sweep_stopped_and_uploads_pass, listen, probe
+from test_egress_guard import (
+    assert_monitor_mode_counts_but_blocks_nothing,
+    assert_sweep_stopped_and_uploads_pass,
+    check_repeated_logins_ban_host_and_port,
+    check_wide_scan_gate_spares_known_hosts,
+    listen,
+    probe,
+)
 
 GUARD = "torexit.hardening.egress_guard"
 BASE = {"owner": "any", "persist": False, "backend": "iptables"}
@@ -97,3 +104,11 @@ def test_the_largest_accepted_values_load(lab):
     # set_size at its default: ipset allocates a hash set's buckets up front
     result = ansible_module(lab.relay, GUARD, dict(BASE, **dict(LARGEST, set_size=262144)))
     assert result["changed"] is True and not result.get("failed"), result
+
+
+def test_repeated_logins_ban_host_and_port(lab):
+    check_repeated_logins_ban_host_and_port(lab, BASE)
+
+
+def test_wide_scan_gate_spares_known_hosts(lab):
+    check_wide_scan_gate_spares_known_hosts(lab, BASE)

@@ -48,16 +48,22 @@ import tempfile
 import time
 
 TABLE = ("inet", "torexit_guard")
-DETECTORS = ("flood", "hscan", "vscan")
+# the detectors of issue 15 (repeated login, prefix sweep, wide-scan gate) come
+# after seen_full in the guard's counter list (guard_common.COUNTERS)
+LATER_DETECTORS = ("login", "psweep", "wide")
+DETECTORS = ("flood", "hscan", "vscan") + LATER_DETECTORS
 BLOCK_REASONS = ("deny", "optout") + DETECTORS
-COUNTER_NAMES = ("guarded_new", "allowed") + tuple("blocked_" + r for r in BLOCK_REASONS) + \
-    tuple("detect_" + d for d in DETECTORS) + ("seen_full",)
+COUNTER_NAMES = ("guarded_new", "allowed") + tuple("blocked_" + r for r in BLOCK_REASONS[:-3]) + \
+    tuple("detect_" + d for d in DETECTORS[:-3]) + ("seen_full",) + \
+    tuple("blocked_" + d for d in LATER_DETECTORS) + tuple("detect_" + d for d in LATER_DETECTORS) + \
+    ("psweep_failed",)
 SET_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 BACKENDS = ("nftables", "iptables", "ufw")
 
 # iptables and ufw backends (plugins/module_utils/guard_iptables.py, guard_ufw.py)
 CHAIN_PREFIXES = {"iptables": "TOREXIT-", "ufw": "TOREXIT-UFW-"}
-CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT", "VSHIT", "FLHIT", "FLOOD")
+CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT", "VSHIT", "FLHIT", "FLOOD",
+          "LGHIT", "WIDE", "WIDEHIT")
 IPSET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 SAVE_COMMANDS = ("iptables-save", "ip6tables-save")
@@ -70,8 +76,11 @@ HELP = {
     "torexit_guard_allowed_total": "Of those, to allow-listed addresses or known Tor relays.",
     "torexit_guard_blocked_total": "Connections matching a ban, deny or opt-out: refused in enforce mode, "
                                    "only counted in monitor and exitpolicy mode.",
-    "torexit_guard_detections_total": "Detections by the guard (each one starts a ban).",
+    "torexit_guard_detections_total": "Detections by the guard (each one starts a ban; detector wide: first "
+                                      "contacts on a strict port above the global rate, no ban).",
     "torexit_guard_seen_full_total": "First contacts not recorded because the seen set was full.",
+    "torexit_guard_psweep_failed_total": "Failed first contacts (refused or unanswered) the prefix-sweep "
+                                         "detector counted.",
     "torexit_guard_bans": "Active bans (elements) in a ban set.",
     "torexit_guard_optouts": "Active opt-outs (elements) in an opt-out set.",
     "torexit_guard_set_fill_ratio": "Elements of a bounded kernel set divided by its maximum size; at 1 the set "
@@ -423,6 +432,8 @@ def render(state, now=None, took=None):
                     ('{detector="%s"}' % det, counters["detect_" + det]))
         if "seen_full" in counters:
             samples["torexit_guard_seen_full_total"].append(("", counters["seen_full"]))
+        if "psweep_failed" in counters:
+            samples["torexit_guard_psweep_failed_total"].append(("", counters["psweep_failed"]))
         for name in sorted(state["sets"]):
             elements, size = state["sets"][name]
             label = '{set="%s"}' % name

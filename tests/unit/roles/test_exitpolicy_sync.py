@@ -379,3 +379,23 @@ def test_an_ipset_error_stops_the_sync_only_without_an_nft_table(tmp_path, monke
     with pytest.raises(sync.SyncError, match="Cannot open session"):
         sync.sync(args_for(tmp_path))
     assert out.read_text() == before  # nothing written, tor untouched
+
+
+def test_issue15_ban_sets_become_host_port_and_prefix_port_rejects():
+    """The repeated-login and prefix-sweep bans of the nftables guard, as the
+    kernel fills them (names from guard_common.ban_sets)."""
+    entries, skipped = sync.entries_from_nft(doc(
+        nft_set("ban_login_v4_32", [{"elem": {"val": {"concat": ["198.19.200.7", 22]}, "timeout": 600,
+                                              "expires": 590}}]),
+        nft_set("ban_psweep_v4_22", [{"elem": {"val": {"concat": ["241.1.4.0", 443]}, "timeout": 600,
+                                               "expires": 599}}]),
+        nft_set("ban_psweep_v4_16", [{"elem": {"val": {"concat": ["241.2.0.0", 443]}, "timeout": 600,
+                                               "expires": 599}}]),
+        nft_set("ban_psweep_v6_48", [{"elem": {"val": {"concat": ["2001:db8:7::", 80]}}}])))
+    assert skipped == 0
+    assert lines(sync.render(sync.select(entries, 10))) == [
+        "ExitPolicy reject 198.19.200.7:22",
+        "ExitPolicy reject 241.1.4.0/22:443",
+        "ExitPolicy reject 241.2.0.0/16:443",
+        "ExitPolicy reject [2001:db8:7::]/48:80",
+    ]

@@ -421,6 +421,9 @@ def test_names_match_the_guard_backends():
     assert metrics.IPSET_PREFIX == guard_xtables.SET_PREFIX
     assert metrics.DIGEST_TAG == guard_xtables.DIGEST_TAG
     policy = {"flood": {"ban_time": 300}, "ban_time": 600,
-              "horizontal_scan": {"prefixes_v4": [24, 16], "prefixes_v6": [48, 32]}}
+              "horizontal_scan": {"prefixes_v4": [24, 16], "prefixes_v6": [48, 32]},
+              "login": {"rate": 120, "ban_time": 600},
+              "prefix_sweep": {"prefixes_v4": [22, 16], "prefixes_v6": [48, 32], "burst": [10, 96], "ban_time": 600}}
+    assert set(b.detector for b in guard_common.ban_sets(policy)) == set(metrics.DETECTORS) - {"wide"}
     for ban in guard_common.ban_sets(policy):
         assert metrics.SET_NAME_RE.match(ban.name) and ban.name.startswith("ban_") and ban.detector in metrics.DETECTORS

@@ -55,7 +55,13 @@ def test_ban_set_names_follow_the_contract():
     p, _text = render(horizontal_scan={"prefixes_v4": [22, 12], "prefixes_v6": [56, 40]})
     names = [b[0] for b in gn.ban_sets(p)]
     assert names == ["ban_flood_v4_32", "ban_vscan_v4_32", "ban_hscan_v4_22", "ban_hscan_v4_12",
-                     "ban_flood_v6_128", "ban_vscan_v6_128", "ban_hscan_v6_56", "ban_hscan_v6_40"]
+                     "ban_login_v4_32", "ban_psweep_v4_16",
+                     "ban_flood_v6_128", "ban_vscan_v6_128", "ban_hscan_v6_56", "ban_hscan_v6_40",
+                     "ban_login_v6_128", "ban_psweep_v6_32"]
+    p, _text = render(prefix_sweep={"burst": [48, 96]})
+    assert [b[0] for b in gn.ban_sets(p) if "psweep_v4" in b[0]] == ["ban_psweep_v4_22", "ban_psweep_v4_16"]
+    p, _text = render(login={"rate": 0}, prefix_sweep={"burst": [0, 0]})
+    assert not [b for b in gn.ban_sets(p) if "login" in b[0] or "psweep" in b[0]]
 
 
 def test_zero_disables_a_level_and_a_detector():
@@ -79,9 +85,10 @@ def test_first_contacts_feed_scans_and_repeats_feed_the_flood_detector():
     contact cannot be a flood: each new connection pays for one detector only."""
     _p, text = render()
     detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
-    assert "ip daddr . tcp dport @seen_v4 goto flood_v4" in detect
-    assert "add @seen_v4 { ip daddr . tcp dport } goto scan_v4" in detect
-    assert detect.index("@seen_v4 goto flood_v4") < detect.index("add @seen_v4")
+    # (with the marks the prefix-sweep detector reads on replies: contact, first contact)
+    assert "ip daddr . tcp dport @seen_v4 ct mark set ct mark | 0x40000000 goto flood_v4" in detect
+    assert "add @seen_v4 { ip daddr . tcp dport } ct mark set ct mark | 0x60000000 goto scan_v4" in detect
+    assert detect.index("@seen_v4 ct mark set ct mark | 0x40000000 goto flood_v4") < detect.index("add @seen_v4")
     # a full seen set still counts strict ports as scans and everything as floods
     assert detect.index("counter name seen_full") < detect.index("@strict_ports goto scan_v4") \
         < detect.index("meta nfproto ipv4 goto flood_v4")
@@ -89,3 +96,80 @@ def test_first_contacts_feed_scans_and_repeats_feed_the_flood_detector():
     assert "add @flood_conc_v4 { ip daddr ct count over 24 }" in flood
     scans = text.split("chain scan_v4 {", 1)[1]
     assert "flood_conc" not in scans.split("chain flood_hit_v4", 1)[0]
+
+
+def test_repeated_logins_are_counted_on_repeats_of_strict_ports_and_ban_host_and_port():
+    _p, text = render()
+    flood = text.split("chain flood_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert ("tcp dport @strict_ports update @login_v4 { ip daddr . tcp dport limit rate over 120/minute "
+            "burst 8 packets } goto login_hit_v4") in flood
+    hit = text.split("chain login_hit_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert "add @ban_login_v4_32 { ip daddr . tcp dport }" in hit
+    assert "counter name detect_login reject with tcp reset" in hit
+    # the meter never sees first contacts, so a sweep cannot fill it
+    detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
+    assert "login" not in detect
+    _p, monitor = render(mode="monitor")
+    hit = monitor.split("chain login_hit_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert "counter name detect_login return" in hit
+
+
+def test_prefix_sweep_limits_first_contacts_of_unconfirmed_prefixes_and_counts_failures():
+    _p, text = render()
+    scan = text.split("chain scan_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert "ip daddr & 255.255.252.0 != @confirm_v4 jump psweep_v4" in scan
+    psweep = text.split("chain psweep_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert psweep.strip() == ("update @psweep_v4_16 { ip daddr & 255.255.0.0 . tcp dport limit rate over "
+                              "12/minute burst 96 packets } goto psweep_hit_v4_16")
+    # reply data confirms the /22 once per connection; a RST before data is a failure
+    inp = text.split("chain input {", 1)[1].split("\n\t}", 1)[0]
+    assert "ct mark & 0x50000000 != 0x40000000 return" in inp.splitlines()[2]
+    assert "ip length > 80 ct mark set ct mark | 0x10000000 update @confirm_v4 { ip saddr & 255.255.252.0 }" in inp
+    assert "tcp flags & rst != 0 ct mark & 0x20000000 != 0 jump failed_in" in inp
+    failed_in = text.split("chain failed_in {", 1)[1].split("\n\t}", 1)[0]
+    assert "ip saddr & 255.255.0.0 . tcp sport limit rate over 12/minute burst 96" in failed_in
+    # a retransmitted SYN of a first contact counts as a failure, after the bans were checked
+    # again; the output chain itself stays the decision order's
+    detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
+    assert detect.index("ct mark & 0x40000000 != 0 jump retransmit") < detect.index("@seen_v4")
+    retransmit = text.split("chain retransmit {", 1)[1].split("\n\t}", 1)[0]
+    assert "ct mark & 0x30000000 == 0x20000000 jump failed_out" in retransmit
+    # a /22 level when asked for
+    _p, text = render(prefix_sweep={"burst": [48, 96]})
+    psweep = text.split("chain psweep_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert psweep.index("@psweep_v4_22 { ip daddr & 255.255.252.0 . tcp dport limit rate over 24/minute "
+                        "burst 48 packets }") < psweep.index("@psweep_v4_16")
+
+
+def test_wide_scan_rejects_first_contacts_at_random_and_forgets_them():
+    _p, text = render()
+    strict = text.split("chain hscan_strict_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert strict.strip().splitlines()[-1].strip() == (
+        "update @wide_rate { tcp dport limit rate over 2/second burst 100 packets } counter name detect_wide goto wide_v4")
+    wide = text.split("chain wide_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert ("numgen random mod 128 != 0 delete @seen_v4 { ip daddr . tcp dport } counter name blocked_wide "
+            "reject with tcp reset") in wide
+    assert "ban_wide" not in text  # never a whole-port ban
+    _p, monitor = render(mode="monitor")
+    wide = monitor.split("chain wide_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert "numgen random mod 128 != 0 counter name blocked_wide" in wide and "delete" not in wide
+    # exitpolicy: counted only (an ExitPolicy line cannot express "some first contacts")
+    _p, exitpolicy = render(mode="exitpolicy")
+    assert "delete @seen_v4" not in exitpolicy
+    _p, large = render(profile="large")
+    assert "limit rate over 8/second burst 400 packets } counter name detect_wide" in large
+
+
+def test_issue15_detectors_can_be_switched_off():
+    _p, text = render(login={"rate": 0}, prefix_sweep={"burst": [0, 0]}, wide_scan={"rate": 0})
+    for word in ("@login_", "@psweep_", "@confirm_", "wide_rate", "ct mark", "chain input", "numgen"):
+        assert word not in text
+
+
+def test_every_detector_set_is_bounded_and_times_out():
+    _p, text = render(prefix_sweep={"burst": [48, 96]})
+    sets = [line.strip() for line in text.splitlines() if line.strip().startswith("set ")]
+    for line in sets:
+        if any(w in line for w in ("login", "psweep", "pfail", "confirm", "wide", "ban_")):
+            assert " size " in line and "timeout" in line, line
+    assert len([s for s in sets if "psweep" in s or "pfail" in s]) == 12  # 2 levels x meter, failures, ban x 2 families

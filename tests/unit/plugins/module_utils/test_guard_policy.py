@@ -106,3 +106,42 @@ def test_digest_changes_with_any_threshold():
     a, b = build(), build(flood={"concurrent": 25})
     assert gp.policy_digest(a) == gp.policy_digest(build())
     assert gp.policy_digest(a) != gp.policy_digest(b)
+
+
+def test_issue15_detector_defaults_and_scaling():
+    medium, large, small = build(), build(profile="large"), build(profile="small")
+    assert medium["login"] == {"rate": 120, "burst": 8, "ban_time": 600}
+    # many users of a big exit share one forge: square root, never below medium
+    assert large["login"]["rate"] == 240 and large["login"]["burst"] == 16
+    assert small["login"] == medium["login"]
+    # the destination's alarm threshold does not grow with the exit
+    assert large["prefix_sweep"] == medium["prefix_sweep"]
+    assert medium["prefix_sweep"]["prefixes_v4"] == [22, 16]
+    # burst + 4 minutes of refill stays within 150 new connections into a /22
+    ps = medium["prefix_sweep"]
+    assert ps["burst"][0] == 0  # the /22 level is off: the /16 budget bounds every /22 in it
+    assert ps["burst"][1] + 4 * ps["rate"][1] <= 150
+    assert large["wide_scan"]["rate"] == 4 * medium["wide_scan"]["rate"]
+    assert large["wide_scan"]["pass_one_in"] == medium["wide_scan"]["pass_one_in"]
+    assert build(login={"rate": 30})["login"] == {"rate": 30, "burst": 8, "ban_time": 600}
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"login": {"rate": -1}}, "login.rate: -1 must be an integer within 0-60000"),
+    ({"login": {"burst": 0}}, "login.burst: 0 must be an integer within 1-10000"),
+    ({"login": {"ban_time": True}}, "login.ban_time: True must be an integer within 1-2147483"),
+    ({"login": {"rates": 5}}, "login: unknown option(s) ['rates']; known: rate, burst, ban_time"),
+    ({"login": 5}, "login: 5 must be a dictionary of rate, burst, ban_time"),
+    ({"prefix_sweep": {"prefixes_v4": [22, 40]}}, "prefix_sweep.prefixes_v4: 40 must be an integer within 8-30"),
+    ({"prefix_sweep": {"prefixes_v4": [16, 22]}}, "prefix_sweep.prefixes_v4: [16, 22] must go from the narrowest"),
+    ({"prefix_sweep": {"burst": [48]}}, "prefix_sweep.burst: [48] needs one value per level of prefixes_v4 [22, 16]"),
+    ({"prefix_sweep": {"burst": []}}, "prefix_sweep.burst: [] must be a non-empty list"),
+    ({"prefix_sweep": {"rate": [0, 5]}}, "prefix_sweep.rate: 0 must be an integer within 1-60000"),
+    ({"prefix_sweep": {"confirm_time": 5}}, "prefix_sweep.confirm_time: 5 must be an integer within 10-2147483"),
+    ({"wide_scan": {"pass_one_in": 0}}, "wide_scan.pass_one_in: 0 must be an integer within 1-65536"),
+    ({"wide_scan": {"rate": 100001}}, "wide_scan.rate: 100001 must be an integer within 0-100000"),
+])
+def test_issue15_bad_input_names_option_and_value(params, message):
+    with pytest.raises(gp.PolicyError) as err:
+        build(**params)
+    assert message in str(err.value)

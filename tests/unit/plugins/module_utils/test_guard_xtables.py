@@ -49,7 +49,8 @@ def test_every_ban_is_checked_before_detection_and_only_enforce_rejects():
     guard = [r for r in rules if r.startswith("-A TOREXIT-GUARD ")]
     assert guard[-1] == "-A TOREXIT-GUARD -p tcp -j TOREXIT-DETECT"
     bans = [r for r in guard if "torexit_ban_" in r]
-    assert len(bans) == 4 and all(r.endswith("-j REJECT --reject-with tcp-reset") for r in bans)
+    # flood, vscan, hscan /24 and /16, login, psweep /16
+    assert len(bans) == 6 and all(r.endswith("-j REJECT --reject-with tcp-reset") for r in bans)
     first_ban = guard.index(bans[0])
     assert guard.index([r for r in guard if "torexit_allow_v4" in r][0]) < first_ban
     pm, digest_m = policy(mode="monitor")
@@ -196,3 +197,30 @@ def test_sets_the_kernel_fills_get_buckets_for_their_maxelem():
     assert not gi.set_matches(seen, live)                 # an older set is recreated
     live["header"]["hashsize"] = "32768"
     assert gi.set_matches(seen, live)
+
+
+def test_repeated_logins_and_the_wide_scan_gate():
+    """Repeats on strict ports feed a per host:port hashlimit that bans host:port;
+    first contacts on a strict port beyond a global per-port rate are refused at
+    random and forgotten; monitor only counts; no whole-port ban."""
+    p, digest = policy()
+    rules = gi.rules(p, digest, "v4")
+    flood = [r for r in rules if r.startswith("-A TOREXIT-FLOOD ")]
+    assert "--hashlimit-above 120/minute --hashlimit-burst 8 --hashlimit-mode dstip,dstport" in flood[0]
+    assert "--match-set torexit_strict_ports dst" in flood[0] and flood[0].endswith("-g TOREXIT-LGHIT")
+    assert [r for r in rules if r.startswith("-A TOREXIT-LGHIT ")] == [
+        "-A TOREXIT-LGHIT -p tcp -j SET --add-set torexit_ban_login_v4_32 dst,dst",
+        '-A TOREXIT-LGHIT -p tcp -m comment --comment "detect_login" -j REJECT --reject-with tcp-reset']
+    strict = [r for r in rules if r.startswith("-A TOREXIT-HS-STRICT ")]
+    assert "--hashlimit-above 2/second --hashlimit-burst 100 --hashlimit-mode dstport " in strict[-1]
+    assert strict[-1].endswith('-m comment --comment "detect_wide" -g TOREXIT-WIDE')
+    assert [r for r in rules if r.startswith("-A TOREXIT-WIDE")] == [
+        "-A TOREXIT-WIDE -p tcp -m statistic --mode random --probability 0.99218750 -g TOREXIT-WIDEHIT",
+        "-A TOREXIT-WIDEHIT -p tcp -j SET --del-set torexit_seen_v4 dst,dst",
+        '-A TOREXIT-WIDEHIT -p tcp -m comment --comment "blocked_wide" -j REJECT --reject-with tcp-reset']
+    pm, digest_m = policy(mode="monitor")
+    widehit = [r for r in gi.rules(pm, digest_m, "v6") if r.startswith("-A TOREXIT-WIDEHIT ")]
+    assert widehit == ['-A TOREXIT-WIDEHIT -p tcp -m comment --comment "blocked_wide" -j RETURN']
+    po, digest_o = policy(login={"rate": 0}, wide_scan={"rate": 0})
+    off = gi.rules(po, digest_o, "v4")
+    assert not [r for r in off if "LGHIT" in r or "WIDE" in r or "ban_login" in r]
