@@ -40,7 +40,7 @@ def test_expiry_and_identity_match_what_tor_says(tmp_path):
     keygen(tmp_path, 7)
     got = inspect(str(tmp_path))[str(tmp_path)]
     tor = subprocess.run([TOR, "--key-expiration", "sign", "--format", "timestamp", *NO_TORRC,
-                          "--DataDirectory", str(tmp_path)], capture_output=True, text=True)
+                          "--DataDirectory", str(tmp_path)], capture_output=True, text=True, check=False)
     line = [x for x in (tor.stdout + tor.stderr).splitlines() if x.startswith("signing-cert-expiry:")]
     expiry = int(line[0].split()[1])
     assert got["master"] is True
