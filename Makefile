@@ -44,12 +44,13 @@ bench: setup
 	bash tests/bench/run.sh
 
 ## Lab fleet: relay containers, harden-exit.yml, abuse drill, summary table.
+## RELAYS=N (4-40) for a larger fleet; every run adds a line to results/demo-scaling.tsv.
 demo: setup
-	bash demo/run.sh
+	RELAYS_COUNT=$(or $(RELAYS),4) bash demo/run.sh
 
 ## The demo plus dry runs (fresh and hardened fleet) and the undo playbook.
 demo-full: setup
-	DEMO_EXTRA="fresh-check check undo" bash demo/run.sh
+	RELAYS_COUNT=$(or $(RELAYS),4) DEMO_EXTRA="fresh-check check undo" bash demo/run.sh
 
 demo-clean:
 	bash demo/clean.sh

@@ -18,6 +18,10 @@
 #   undo         undo_exit_hardening.yml on relay3 (ufw) and relay4 (iptables), twice;
 #                the second undo must change nothing
 #
+# RELAYS=N (make demo RELAYS=10) adds relay5..N (Debian 12/13 in turn, group defaults).
+# The summary lists the time per role of both runs (ansible.posix.profile_roles) and
+# the relays-vs-seconds table of every demo so far (results/demo-scaling.tsv).
+#
 # Everything created carries the label torexit.demo=1; `make demo-clean` removes it.
 # Traffic never leaves the demo network's reserved ranges (the relays reach the
 # Debian mirror through Docker's NAT only for packages). Tor cannot bootstrap here.
@@ -30,7 +34,7 @@ export ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3 ANSIBLE_HOST_KEY_CHECKING=fal
 # Speed without changing what runs: one `docker exec` per task (pipelining), all
 # relays at once, and the slowest tasks listed at the end of every run.
 export ANSIBLE_PIPELINING=true ANSIBLE_FORKS=10
-export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks PROFILE_TASKS_TASK_OUTPUT_LIMIT=15
+export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks,ansible.posix.profile_roles PROFILE_TASKS_TASK_OUTPUT_LIMIT=15
 
 GEN=$TOP/results/demo
 NET=torexit-demo
@@ -38,8 +42,17 @@ SUBNET=198.18.0.0/24
 GATEWAY=198.18.0.1
 INTERNET_IP=198.18.0.2
 FAKE_INTERNET=198.19.0.0/16
-# name:debian release:address
-RELAYS=(relay1:12:198.18.0.11 relay2:13:198.18.0.12 relay3:12:198.18.0.13 relay4:13:198.18.0.14)
+# name:debian release:address. RELAYS=N (4-40, default 4): relay1-4 as described
+# above, relay5 and up alternate Debian 12/13 with the group defaults (nftables, enforce).
+NRELAYS=${RELAYS_COUNT:-4}
+if ! [[ $NRELAYS =~ ^[0-9]+$ ]] || [ "$NRELAYS" -lt 4 ] || [ "$NRELAYS" -gt 40 ]; then
+  echo "demo: RELAYS=$NRELAYS: give a number of relays from 4 to 40" >&2
+  exit 2
+fi
+RELAYS=()
+for i in $(seq 1 "$NRELAYS"); do
+  RELAYS+=("relay$i:$(( i % 2 ? 12 : 13 )):198.18.0.$((10 + i))")
+done
 LABEL=(--label torexit.demo=1)
 # The same flags as the platforms in .config/molecule/config.yml.
 SYSTEMD_FLAGS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW
@@ -156,13 +169,22 @@ if [[ " ${DEMO_EXTRA:-} " == *" fresh-check "* ]]; then
 fi
 
 say "${PLAYBOOK[*]}   (first run)"
+RUN_START=$(date +%s)
 "${PLAYBOOK[@]}" 2>&1 | tee "$GEN/logs/harden-1.log"
+FIRST_SECONDS=$(( $(date +%s) - RUN_START ))
 phase_done "harden_exit.yml, first run"
 
 # --diff: a task that is not idempotent shows what it changed.
 say "${PLAYBOOK[*]} --diff   (second run: must change nothing)"
+RUN_START=$(date +%s)
 "${PLAYBOOK[@]}" --diff 2>&1 | tee "$GEN/logs/harden-2.log"
+SECOND_SECONDS=$(( $(date +%s) - RUN_START ))
 phase_done "harden_exit.yml, second run"
+# One line per demo in a file that demo-clean keeps: relays vs. seconds.
+SCALING=$TOP/results/demo-scaling.tsv
+[ -s "$SCALING" ] || printf 'date\tgit\trelays\tfirst_run_s\tno_change_run_s\tload_1min\n' >"$SCALING"
+printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  "$NRELAYS" "$FIRST_SECONDS" "$SECOND_SECONDS" "$(cut -d' ' -f1 /proc/loadavg)" >>"$SCALING"
 changed_second=$(recap_changed "$GEN/logs/harden-2.log")
 if [ "$changed_second" -ne 0 ]; then
   echo "demo: NOT idempotent, the second run changed (the diffs are above and in $GEN/logs/harden-2.log):"
@@ -230,10 +252,18 @@ echo "exit notice:   $URL"
 echo "screenshot:    $SHOT"
 echo "logs:          $GEN/logs/"
 echo
-echo "timings"
+echo "timings ($NRELAYS relays)"
 printf '  %s\n' "${TIMINGS[@]}"
 printf '  %-40s %5d s\n' "total" $(( $(date +%s) - T0 ))
 echo "  load average (1, 5, 15 min): $LOAD0 at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($(nproc) cores)"
+echo
+echo "time per role (ansible.posix.profile_roles), first run / no-change run"
+roles_recap() { awk '/^ROLES RECAP/{r=1; next} r && /^[a-z].* -+ +[0-9.]+s$/{n=$1; t=$NF; sub(/s$/,"",t); print n, t}' "$1"; }
+join -a1 -a2 -e - -o 0,1.2,2.2 <(roles_recap "$GEN/logs/harden-1.log" | sort) <(roles_recap "$GEN/logs/harden-2.log" | sort) \
+  | sort -k3 -rn | awk '{printf "  %-40s %8s s %8s s\n", $1, $2, $3}'
+echo
+echo "relays vs. seconds, every demo run on this checkout ($SCALING):"
+column -t -s $'\t' "$SCALING" | sed 's/^/  /'
 echo
 echo "Remove the lab with: make demo-clean"
 [ "$changed_second" -eq 0 ] && [ "$changed_check" -eq 0 ] && [ "$undo_second" -eq 0 ] && [ "$drill_ok" -eq 0 ]
