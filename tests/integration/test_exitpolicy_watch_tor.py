@@ -22,9 +22,9 @@ GUARD = "torexit.hardening.egress_guard"
 SYNC = os.path.join(TOP, "roles", "tor_exit", "files", "torexit_exitpolicy_sync.py")
 
 sys.path.insert(0, os.path.join(TOP, "tests", "unit", "roles"))
-from test_exitpolicy_sync import load  # noqa: E402
+from role_files import load_role_file  # noqa: E402
 
-sync = load()
+sync = load_role_file("tor_exit", "torexit_exitpolicy_sync.py", "exitpolicy_sync_watch_tor")
 
 
 def wait_for(what, timeout):
@@ -153,7 +153,8 @@ def test_netlink_reads_the_sets_as_nft_lists_them(lab):
         "198.18.21.0/24 timeout 1h }\n"
         "add element inet torexit_guard optout_v6 { 2001:db8:5::/48 timeout 1h, 2001:db8:6::1 timeout 1h }\n"))
     script = (
-        "import json, sys; sys.path.insert(0, %r); from test_exitpolicy_sync import load; s = load()\n"
+        "import json, sys; sys.path.insert(0, %r); from role_files import load_role_file\n"
+        "s = load_role_file('tor_exit', 'torexit_exitpolicy_sync.py', 'sync')\n"
         "key = lambda e: (e['kind'], str(e['net']), str(e['port']), e['age'])\n"
         "a = sorted(map(key, s.entries_from_nft(s.read_nft())[0]))\n"
         "b = sorted(map(key, s.entries_from_nft(s.read_nft_netlink())[0]))\n"
@@ -168,8 +169,9 @@ def test_netlink_reads_the_sets_as_nft_lists_them(lab):
 def test_netlink_set_names_match_nft(lab):
     ansible_module(lab.relay, GUARD, {"owner": "any", "persist": False, "mode": "exitpolicy"})
     listed = lab.ns(lab.relay, sys.executable, "-c", (
-        "import sys; sys.path.insert(0, %r); from test_exitpolicy_sync import load; "
-        "print(' '.join(sorted(load().nft_set_names())))" % os.path.join(TOP, "tests", "unit", "roles"))).stdout.split()
+        "import sys; sys.path.insert(0, %r); from role_files import load_role_file; "
+        "s = load_role_file('tor_exit', 'torexit_exitpolicy_sync.py', 'sync'); "
+        "print(' '.join(sorted(s.nft_set_names())))" % os.path.join(TOP, "tests", "unit", "roles"))).stdout.split()
     table = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "table", "inet", "torexit_guard").stdout)
     assert listed == sorted(item["set"]["name"] for item in table["nftables"] if "set" in item)
     assert "ban_hscan_v4_24" in listed and "optout_v6" in listed
