@@ -128,7 +128,7 @@ def setup_relay(lab, tmp_path, mode):
     script.write_text(guard_host.relays_script("nftables"))
     lab.ns(lab.relay, "sh", str(script), str(consensus))
     lab.spawn(lab.relay, sys.executable, "-c", SERVER, str(ORPORT))
-    for _ in range(50):
+    for _attempt in range(50):
         if lab.ns(lab.relay, "ss", "-ltnH", "sport = :%d" % ORPORT, check=False).stdout.count("LISTEN") >= 2:
             break
         subprocess.run(["sleep", "0.1"], check=False)
