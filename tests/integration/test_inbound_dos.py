@@ -128,6 +128,14 @@ def setup_relay(lab, tmp_path, mode):
     script.write_text(guard_host.relays_script("nftables"))
     lab.ns(lab.relay, "sh", str(script), str(consensus))
     lab.spawn(lab.relay, sys.executable, "-c", SERVER, str(ORPORT))
+    # Static neighbours on the link: a burst of SYNs waiting for neighbour discovery
+    # overflows its queue, and the lost ones would be counted as failed connects.
+    devs = {lab.relay: "v%sr" % lab.relay[-6:], lab.net: "v%sn" % lab.relay[-6:]}
+    macs = {ns: json.loads(lab.ns(ns, "ip", "-j", "link", "show", "dev", dev).stdout)[0]["address"]
+            for ns, dev in devs.items()}
+    for ns, peer, idx in ((lab.relay, lab.net, 1), (lab.net, lab.relay, 0)):
+        for addr in (V4_LINK[idx], V6_LINK[idx]):
+            lab.ns(ns, "ip", "neigh", "replace", addr, "lladdr", macs[peer], "dev", devs[ns], "nud", "permanent")
     for _attempt in range(50):
         if lab.ns(lab.relay, "ss", "-ltnH", "sport = :%d" % ORPORT, check=False).stdout.count("LISTEN") >= 2:
             break
