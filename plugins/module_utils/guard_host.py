@@ -63,15 +63,17 @@ RELAYS_SCRIPT_TEXT = """\
 #!/bin/sh
 # Managed by torexit.hardening.egress_guard.
 # Load the addresses of all relays in tor's cached consensus into the guard's
-# {sets}, replacing the previous contents in one transaction.
+# {sets} and, when the firewall role's inbound DoS rules are loaded, into
+# their exemption sets, replacing the previous contents in one transaction.
 # A malformed address is skipped and counted; when reading or loading fails,
 # the previous contents stay.
 # Arguments: consensus files to read instead of tor's usual places.
 set -eu
 if [ $# -gt 0 ]; then files="$*"; else files=$(ls {globs} 2>/dev/null || true); fi
 [ -n "$files" ] || exit 0
-{exists} >/dev/null 2>&1 || exit 0
-input=$(python3 - {kind} $files <<'EOF'
+targets=$(for t in {targets}; do {exists} >/dev/null 2>&1 && echo "$t"; done || true)
+[ -n "$targets" ] || exit 0
+input=$(python3 - {kind} "$targets" $files <<'EOF'
 {parser}EOF
 )
 printf '%s\\n' "$input" | {loader}
@@ -82,7 +84,7 @@ RELAYS_PARSER = r"""import ipaddress
 import re
 import sys
 
-kind, paths = sys.argv[1], sys.argv[2:]
+kind, targets, paths = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 found, skipped = {4: set(), 6: set()}, 0
 for path in paths:
     with open(path, errors="replace") as f:
@@ -105,30 +107,35 @@ for path in paths:
                 continue
             found[version].add(str(addr))
 v4, v6 = sorted(found[4]), sorted(found[6])
-if kind == "nftables":
-    print("flush set inet torexit_guard relays_v4")
-    print("flush set inet torexit_guard relays_v6")
-    for fam, addrs in (("v4", v4), ("v6", v6)):
-        if addrs:
-            print("add element inet torexit_guard relays_%s { %s }" % (fam, ", ".join(addrs)))
-else:
+for target in targets:
+    if kind == "nftables":
+        print("flush set inet %s relays_v4" % target)
+        print("flush set inet %s relays_v6" % target)
+        for fam, addrs in (("v4", v4), ("v6", v6)):
+            if addrs:
+                print("add element inet %s relays_%s { %s }" % (target, fam, ", ".join(addrs)))
+        continue
+    tmp = target.replace("torexit_", "torexit_tmp_", 1)
     for fam, family in (("v4", "inet"), ("v6", "inet6")):
-        print("create torexit_tmp_relays_%s hash:ip family %s maxelem 65536" % (fam, family))
-        print("flush torexit_tmp_relays_%s" % fam)
+        print("create %s_%s hash:ip family %s maxelem 65536" % (tmp, fam, family))
+        print("flush %s_%s" % (tmp, fam))
     for fam, addrs in (("v4", v4), ("v6", v6)):
         for addr in addrs:
-            print("add torexit_tmp_relays_%s %s" % (fam, addr))
+            print("add %s_%s %s" % (tmp, fam, addr))
     for fam in ("v4", "v6"):
-        print("swap torexit_tmp_relays_%s torexit_relays_%s" % (fam, fam))
-        print("destroy torexit_tmp_relays_%s" % fam)
+        print("swap %s_%s %s_%s" % (tmp, fam, target, fam))
+        print("destroy %s_%s" % (tmp, fam))
 sys.stderr.write("torexit-guard-relays: %d IPv4 and %d IPv6 relay addresses, %d malformed entries skipped\n"
                  % (len(v4), len(v6), skipped))
 """
 
 RELAYS_LOADERS = {
-    # kind: (sets named in the header, command that tells the guard is loaded, loader)
-    "nftables": ("allow sets relays_v4/_v6", "nft list set inet torexit_guard relays_v4", "nft -f -"),
-    "ipset": ("ipsets torexit_relays_v4/_v6", "ipset list -n torexit_relays_v4", "ipset -exist restore"),
+    # kind: (sets named in the header, tables/set prefixes that may hold relay sets,
+    #        command that tells one ($t) is loaded, loader)
+    "nftables": ("allow sets relays_v4/_v6", "torexit_guard torexit_inbound", 'nft list set inet "$t" relays_v4',
+                 "nft -f -"),
+    "ipset": ("ipsets torexit_relays_v4/_v6", "torexit_relays torexit_in_relays", 'ipset list -n "${t}_v4"',
+              "ipset -exist restore"),
 }
 
 NFTABLES_DROPIN_TEXT = """\
@@ -170,8 +177,8 @@ WantedBy=timers.target
 
 def relays_script(kind="nftables"):
     """The relay refresh script for the nftables table or the ipsets."""
-    sets, exists, loader = RELAYS_LOADERS[kind]
-    return RELAYS_SCRIPT_TEXT.format(sets=sets, globs=CONSENSUS_GLOBS, exists=exists, kind=kind,
+    sets, targets, exists, loader = RELAYS_LOADERS[kind]
+    return RELAYS_SCRIPT_TEXT.format(sets=sets, globs=CONSENSUS_GLOBS, targets=targets, exists=exists, kind=kind,
                                      parser=RELAYS_PARSER, loader=loader)
 
 

@@ -61,6 +61,12 @@ def exporter_labels():
         state = tm.metrics.read_state(tm.fake_run(outputs), tm.replay_netlink())
         for name, labels in sample_labels(tm.metrics.render(state, now=1, took=0.1)).items():
             out.setdefault(name, set()).update(labels)
+    # the firewall role's ORPort DoS rules (issue 18), read by the same exporter
+    inbound = tm.metrics.read_inbound(tm.fake_run({tm.NFT_INBOUND_SETS: (0, tm.inbound_sets_json(), "")}),
+                                      lambda: tm.FakeInboundLink({"dos_rate_hits": 1, "dos_blocked_hits": 2,
+                                                                  "dos_concurrency_hits": 3}, {}))
+    for name, labels in sample_labels(tm.metrics.render(None, now=1, took=0.1, inbound=inbound)).items():
+        out.setdefault(name, set()).update(labels)
     assert set(out) == set(tm.metrics.HELP)   # the recordings show every metric the exporter has
     return out
 

@@ -25,6 +25,10 @@ The names (docs/guard-sets.md, COUNTERS of plugins/module_utils/guard_nftables.p
 chain and set names of guard_iptables.py and guard_ufw.py) are checked against
 the collection by tests/unit/roles/test_metrics.py.
 
+Also, when the firewall role's ORPort DoS rules are loaded (nftables table
+`inet torexit_inbound`, issue 18): their hit counters and how many sources each
+per-source set holds, counted over netlink like the guard's (never decoded).
+
 The file is written to a temporary name in the same directory and renamed, so
 the collector never reads half a file.
 
@@ -68,6 +72,11 @@ IPSET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 SAVE_COMMANDS = ("iptables-save", "ip6tables-save")
 
+# The firewall role's ORPort DoS rules (roles/firewall/templates/inbound.nft.j2)
+INBOUND_TABLE = "torexit_inbound"
+INBOUND_HITS = {"dos_blocked_hits": "blocked", "dos_concurrency_hits": "concurrency", "dos_rate_hits": "rate"}
+INBOUND_SETS = ("dos_blocked_v4", "dos_blocked_v6", "dos_conn_v4", "dos_conn_v6", "dos_rate_v4", "dos_rate_v6")
+
 HELP = {
     "torexit_guard_up": "1 when the egress guard is loaded (any backend), else 0.",
     "torexit_guard_backend_info": "The backend whose guard was read (label backend); always 1.",
@@ -85,6 +94,11 @@ HELP = {
     "torexit_guard_optouts": "Active opt-outs (elements) in an opt-out set.",
     "torexit_guard_set_fill_ratio": "Elements of a bounded kernel set divided by its maximum size; at 1 the set "
                                     "takes no new elements.",
+    "torexit_inbound_dos_hits_total": "New ORPort/DirPort connections that hit a DoS limit (label limit: "
+                                      "concurrency, rate, or blocked - from a blocked source); dropped in "
+                                      "enforce mode, only counted in monitor mode.",
+    "torexit_inbound_dos_blocked_sources": "Sources (IPv4 addresses, IPv6 /64s) blocked on the ORPorts/DirPorts now.",
+    "torexit_inbound_dos_set_fill_ratio": "Elements of a per-source DoS set divided by its maximum size.",
     "torexit_guard_last_run_timestamp_seconds": "When the exporter last read the guard (Unix time).",
     "torexit_guard_exporter_duration_seconds": "How long the exporter took to read the guard.",
 }
@@ -393,6 +407,33 @@ def read_iptables(run=run_command):
     return None
 
 
+def read_inbound(run=run_command, netlink=Netlink, nft="nft"):
+    """{"hits": {limit: packets}, "sets": {name: (elements, size)}} of the firewall
+    role's DoS rules, or None when they are not loaded or cannot be read (the
+    guard's metrics are written anyway)."""
+    rc, out, _err = run([nft, "-j", "-t", "list", "sets", "table", "inet", INBOUND_TABLE])
+    if rc != 0:
+        return None
+    try:
+        sizes = {obj["set"]["name"]: obj["set"].get("size") for obj in json.loads(out).get("nftables", [])
+                 if "set" in obj and obj["set"].get("name") in INBOUND_SETS}
+    except ValueError:
+        return None
+    if not sizes:
+        return None
+    try:
+        link = netlink()
+        try:
+            counters, _digest = link.counters(INBOUND_TABLE)
+            sets = {name: (link.count_elements(INBOUND_TABLE, name), size) for name, size in sizes.items()}
+        finally:
+            link.close()
+    except (OSError, ReadError):
+        return None
+    return {"hits": {limit: counters[name] for name, limit in INBOUND_HITS.items() if name in counters},
+            "sets": sets}
+
+
 def read_state(run=run_command, netlink=Netlink, nft="nft"):
     """The first loaded guard, in egress_guard_info's order; None without any."""
     return read_nft(run, netlink, nft) or read_iptables(run)
@@ -406,9 +447,19 @@ def _fmt(value):
     return str(int(value))
 
 
-def render(state, now=None, took=None):
-    """Prometheus text format; `state` is read_state()'s result, or None without a guard."""
+def render(state, now=None, took=None, inbound=None):
+    """Prometheus text format; `state` is read_state()'s result, or None without a
+    guard; `inbound` read_inbound()'s."""
     samples = {name: [] for name in HELP}
+    if inbound is not None:
+        for limit in sorted(inbound["hits"]):
+            samples["torexit_inbound_dos_hits_total"].append(('{limit="%s"}' % limit, inbound["hits"][limit]))
+        for name in sorted(inbound["sets"]):
+            elements, size = inbound["sets"][name]
+            if name.startswith("dos_blocked_"):
+                samples["torexit_inbound_dos_blocked_sources"].append(('{family="%s"}' % name[-2:], elements))
+            if size:
+                samples["torexit_inbound_dos_set_fill_ratio"].append(('{set="%s"}' % name, float(elements) / size))
     if state is None:
         samples["torexit_guard_up"].append(("", 0))
     else:
@@ -488,7 +539,8 @@ def main(argv=None, run=run_command, netlink=Netlink):
     except (ReadError, OSError, ValueError) as exc:
         print("torexit_guard_metrics: %s" % exc, file=sys.stderr)
         return 1
-    write_atomic(args.output, render(state, now=time.time(), took=time.monotonic() - start))
+    inbound = read_inbound(run, netlink, args.nft)
+    write_atomic(args.output, render(state, now=time.time(), took=time.monotonic() - start, inbound=inbound))
     return 0
 
 

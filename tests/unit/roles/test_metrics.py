@@ -427,3 +427,61 @@ def test_names_match_the_guard_backends():
     assert set(b.detector for b in guard_common.ban_sets(policy)) == set(metrics.DETECTORS) - {"wide"}
     for ban in guard_common.ban_sets(policy):
         assert metrics.SET_NAME_RE.match(ban.name) and ban.name.startswith("ban_") and ban.detector in metrics.DETECTORS
+
+
+# --- the firewall role's ORPort DoS rules (issue 18) ---------------------------------
+
+NFT_INBOUND_SETS = ("nft", "-j", "-t", "list", "sets", "table", "inet", "torexit_inbound")
+
+
+class FakeInboundLink:
+    """Netlink stand-in for the inbound table: counters and element counts only."""
+    calls = []
+
+    def __init__(self, counters, elements):
+        self._counters, self._elements = counters, elements
+
+    def counters(self, table):
+        FakeInboundLink.calls.append(table)
+        return dict(self._counters), None
+
+    def count_elements(self, table, name, interval=False):
+        assert table == "torexit_inbound" and not interval
+        return self._elements.get(name, 0)
+
+    def close(self):
+        pass
+
+
+def inbound_sets_json(size=65536):
+    return json.dumps({"nftables": [{"set": {"family": "inet", "name": n, "table": "torexit_inbound",
+                                             "type": "ipv4_addr", "size": size, "flags": ["dynamic"]}}
+                                    for n in metrics.INBOUND_SETS + ("relays_v4", "ssh_meter_v4")]})
+
+
+def test_inbound_dos_counters_and_set_fill_are_exported(tmp_path):
+    counters = {"dos_blocked_hits": 120, "dos_concurrency_hits": 4, "dos_rate_hits": 7, "ssh_other": 9}
+    elements = {"dos_blocked_v4": 5, "dos_blocked_v6": 1, "dos_conn_v4": 16384}
+    run = fake_run({NFT_SETS: NO_TABLE, NFT_INBOUND_SETS: (0, inbound_sets_json(), "")})
+    out = tmp_path / "torexit_guard.prom"
+    assert metrics.main(["--output", str(out)], run, lambda: FakeInboundLink(counters, elements)) == 0
+    text = out.read_text()
+    s = samples(text)
+    assert s[("torexit_inbound_dos_hits_total", '{limit="blocked"}')] == 120
+    assert s[("torexit_inbound_dos_hits_total", '{limit="concurrency"}')] == 4
+    assert s[("torexit_inbound_dos_hits_total", '{limit="rate"}')] == 7
+    assert s[("torexit_inbound_dos_blocked_sources", '{family="v4"}')] == 5
+    assert s[("torexit_inbound_dos_blocked_sources", '{family="v6"}')] == 1
+    assert s[("torexit_inbound_dos_set_fill_ratio", '{set="dos_conn_v4"}')] == 0.25
+    assert "relays_v4" not in text and "ssh" not in text     # only the DoS sets and counters
+    assert s[("torexit_guard_up", "")] == 0                  # the guard's state is reported apart
+
+
+def test_no_inbound_dos_rules_means_no_inbound_samples(tmp_path):
+    out = tmp_path / "torexit_guard.prom"
+    no_dos = json.dumps({"nftables": [{"set": {"family": "inet", "name": "ssh_meter_v4", "table": "torexit_inbound",
+                                               "type": "ipv4_addr", "size": 65536}}]})
+    for inbound in (NO_TABLE, (0, no_dos, "")):
+        run = fake_run({NFT_SETS: NO_TABLE, NFT_INBOUND_SETS: inbound})
+        assert metrics.main(["--output", str(out)], run, lambda: FakeInboundLink({}, {})) == 0
+        assert "torexit_inbound" not in out.read_text()
