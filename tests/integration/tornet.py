@@ -754,7 +754,8 @@ async def socks_many(port, pairs, concurrency=20, rate=None, seconds=60.0, timeo
         await sem.acquire()
         tasks.append(asyncio.ensure_future(one(host, dport, "user%d" % i if users else None)))
     if tasks:
-        await asyncio.wait(tasks, timeout=timeout + 5)
+        # each request may take `attempts` tries of up to `timeout` each
+        await asyncio.wait(tasks, timeout=attempts * timeout + 5)
     return {"tried": len(tasks), "counts": counts, "first_s": first, "elapsed_s": round(time.monotonic() - t0, 2)}
 
 
