@@ -95,6 +95,17 @@ def load(lab, files, state):
     lab.ns(lab.relay, "conntrack", "-F", check=False)
 
 
+def listen_drops(lab):
+    """The relay namespace's TcpExt ListenOverflows + ListenDrops (SYNs the listener's
+    full queue dropped: failures that are the busy machine's, not the rules')."""
+    lines = [ln.split() for ln in lab.ns(lab.relay, "cat", "/proc/net/netstat").stdout.splitlines()
+             if ln.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return 0
+    row = dict(zip(lines[0][1:], lines[1][1:]))
+    return int(row.get("ListenOverflows", 0)) + int(row.get("ListenDrops", 0))
+
+
 def client(lab, mode, spec, timeout):
     proc = lab.ns(lab.net, sys.executable, LOAD, mode, "-", input=json.dumps(spec), timeout=timeout)
     return json.loads(proc.stdout)
@@ -106,8 +117,9 @@ def measure(lab, files, log):
         load(lab, files, state)
         if state == "on":
             res["relays_loaded"] = IL.set_size(lab, "relays_v4") + IL.set_size(lab, "relays_v6")
-        t = time.monotonic()
+        t, d0 = time.monotonic(), listen_drops(lab)
         res["flood"][state] = client(lab, "flood", flood_spec(), LIMIT_S + 30)
+        res["flood"][state]["_listen_drops"] = listen_drops(lab) - d0
         if state == "on":
             res["counters"] = IL.counters(lab)
             res["blocked"] = {"v4": IL.set_size(lab, "dos_blocked_v4"), "v6": IL.set_size(lab, "dos_blocked_v6")}
@@ -121,7 +133,8 @@ def measure(lab, files, log):
             spec = {"dst4": V4_LINK[0], "dst6": V6_LINK[0], "port": ORPORT, "timeout": TIMEOUT_S,
                     "limit_s": 60, "concurrency": 64, "sources": cpu_sources(k, CPU_CONNS)}
             k += CPU_CONNS
-            res["cpu"][state].append(client(lab, "cpu", spec, 90))
+            d0 = listen_drops(lab)
+            res["cpu"][state].append(dict(client(lab, "cpu", spec, 90), listen_drops=listen_drops(lab) - d0))
     log("  inbound cpu, %d paired rounds" % CPU_ROUNDS)
     return res
 
@@ -164,12 +177,14 @@ def rows(res):
         med = {st: (statistics.median(x["proc_us"] for x in s[st]), statistics.median(x["sys_us"] for x in s[st]))
                for st in ("on", "off")}
         failed = sum(x["failed"] for st in ("on", "off") for x in s[st])
+        drops = sum(x.get("listen_drops", 0) for st in ("on", "off") for x in s[st])
         out.append({"key": "cpu", "label": "CPU per new connection (connecting side, user + kernel: the relay's "
                     "input hook runs in its softirq), %d paired rounds × %d fresh sources (half IPv6), "
                     "order alternating" % (len(s["on"]), CPU_CONNS),
                     "off": "%.0f µs (kernel %.0f µs)" % med["off"], "on": "%.0f µs (kernel %.0f µs)" % med["on"],
                     "target": "reported", "value": ratio,
-                    "note": "%.2f× on/off (median of per-round ratios); %d connects failed" % (ratio, failed),
+                    "note": "%.2f× on/off (median of per-round ratios); %d connects failed, listener queue "
+                    "drops %d" % (ratio, failed, drops),
                     "pass": failed == 0})
     return out
 
@@ -180,11 +195,14 @@ def markdown(table, res, meta):
         r["label"], r["off"], r["on"], r["note"], r["target"],
         "-" if r["pass"] is None else ("PASS" if r["pass"] else "**FAIL**")) for r in table)
     c = res.get("counters", {})
+    fl = res.get("flood", {})
     notes = ("\nProtected run: %d relay addresses loaded from a %d-relay consensus; counters: blocked %s, "
-             "concurrency %s, rate %s; sources in the block sets: %s IPv4, %s IPv6 /64.\n"
+             "concurrency %s, rate %s; sources in the block sets: %s IPv4, %s IPv6 /64. Listener queue "
+             "drops (TcpExt ListenOverflows + ListenDrops) during the flood: %s no protection, %s protected.\n"
              "Run %s on %s, %d CPUs, kernel %s; %.0f s.\n" % (
                  res.get("relays_loaded", 0), N_RELAYS, c.get("dos_blocked_hits"), c.get("dos_concurrency_hits"),
                  c.get("dos_rate_hits"), res.get("blocked", {}).get("v4"), res.get("blocked", {}).get("v6"),
+                 fl.get("off", {}).get("_listen_drops"), fl.get("on", {}).get("_listen_drops"),
                  meta["started"], meta["host"], meta["cpus"], meta["kernel"], meta["wall_s"]))
     return head + body + notes
 
