@@ -9,6 +9,8 @@
     bench.py --scenario tor    only the rows through a private Tor network
                         (tests/bench/torbench.py, ~7 min): results/bench/bench-tor.*
                         The full bench runs them after the namespace rows.
+    bench.py --scenario inbound    only the inbound ORPort flood rows (tests/bench/inbound.py,
+                        ~2 min): results/bench/bench-inbound.*; also part of the full bench.
 
 Exit code: 0 when every guard variant meets every target, 1 otherwise.
 All numbers in the outputs come from counters read during this run.
@@ -716,8 +718,9 @@ def main():
                     help="run only this variant (repeatable): none, seed-hashlimit, seed-recent, guard "
                          "(nftables), guard-iptables, guard-ufw; default: all of them")
     ap.add_argument("--scenario", action="append", default=[],
-                    help="run only this scenario (repeatable): cpu, sweep, flood, benign, fill, "
-                         "or tor (the rows through a private Tor network)")
+                    help="run only this scenario (repeatable): cpu, sweep, flood, benign, guess, busy, "
+                         "websweep, wide, fill, tor (the rows through a private Tor network) or inbound "
+                         "(the ORPort flood against the firewall role's inbound table)")
     ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
@@ -729,11 +732,17 @@ def main():
         print("bench: needs root (network namespaces)", file=sys.stderr)
         return 2
     # the tor rows: with --scenario tor, or in the full bench (not --quick, not --variant)
-    only_tor = bool(args.scenario) and set(args.scenario) == {"tor"}
+    only_own = bool(args.scenario) and set(args.scenario) <= {"tor", "inbound"}
     tor = not args.quick and not args.variant and (not args.scenario or "tor" in args.scenario)
-    args.scenario = [s for s in args.scenario if s != "tor"]
+    # the inbound rows (tests/bench/inbound.py, own lab and variants): with --scenario
+    # inbound, or in the full bench
+    inbound = not args.quick and ("inbound" in args.scenario or (not args.scenario and not args.variant))
+    args.scenario = [s for s in args.scenario if s not in ("tor", "inbound")]
     try:
-        rc = 0 if only_tor else run(args)
+        rc = 0 if only_own else run(args)
+        if inbound:
+            import inbound as inbound_rows
+            rc = inbound_rows.run(args.out, args.prefix, log=lambda m: print(m, flush=True)) or rc
         if tor:
             import torbench
             why = torbench.available()

@@ -21,7 +21,7 @@ cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null
   fi
-  for ns in "${prefix}relay" "${prefix}net"; do
+  for ns in "${prefix}relay" "${prefix}net" "${prefix}in-r" "${prefix}in-n"; do
     if ip netns list | grep -qw -- "$ns"; then
       for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
       ip netns del "$ns" 2>/dev/null
@@ -29,6 +29,8 @@ cleanup() {
   done
   # lab copies of ufw's files (variant guard-ufw, tests/bench/ufwlab.py)
   rm -rf -- "${TMPDIR:-/tmp}/${prefix}ufw-"*
+  # the rendered inbound tables of the inbound rows (tests/bench/inbound.py)
+  rm -rf -- "${TMPDIR:-/tmp}/${prefix}in-"*
   # the private Tor network of the tor rows (tornet-* of runs whose owner is gone)
   "$py" tests/integration/tornet.py --cleanup-stale >/dev/null 2>&1
 }

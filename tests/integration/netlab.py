@@ -21,10 +21,10 @@ def sh(*args, **kw):
 
 
 class Lab:
-    def __init__(self, prefix="tx-it"):
+    def __init__(self, prefix="tx-it", names=None):
+        """names: (relay, internet) namespace names instead of PREFIX-r-TAG / PREFIX-n-TAG."""
         tag = uuid.uuid4().hex[:6]
-        self.relay = "%s-r-%s" % (prefix, tag)
-        self.net = "%s-n-%s" % (prefix, tag)
+        self.relay, self.net = names or ("%s-r-%s" % (prefix, tag), "%s-n-%s" % (prefix, tag))
         self.procs = []
 
     def __enter__(self):

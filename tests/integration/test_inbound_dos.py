@@ -8,27 +8,13 @@ clients, and a relay of tor's consensus (put into the exemption set by the guard
 relay refresh script, as on a real host). Bounded: a few hundred connects, < 60 s.
 """
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
-from conftest import TOP
+from inbound_lab import counters, load_relays, render, set_size, static_neighbours, wait_listening
 from netlab import V4_LINK, V6_LINK
 
 ORPORT = 9001
-PLAYBOOK = """
-- hosts: localhost
-  gather_facts: false
-  vars_files: [{defaults}]
-  tasks:
-    - ansible.builtin.template:
-        src: {template}
-        dest: {dest}
-        mode: "0600"
-      vars:
-        firewall_inbound_dos_mode: {mode}
-"""
 
 SERVER = textwrap.dedent("""
     import asyncio, socket, sys
@@ -85,30 +71,6 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def render(tmp_path, mode):
-    dest = tmp_path / ("inbound-%s.nft" % mode)
-    book = tmp_path / "render.yml"
-    book.write_text(PLAYBOOK.format(defaults=os.path.join(TOP, "roles/firewall/defaults/main.yml"),
-                                    template=os.path.join(TOP, "roles/firewall/templates/inbound.nft.j2"),
-                                    dest=dest, mode=mode))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    proc = subprocess.run([os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-c", "local", str(book)],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    return dest
-
-
-def counters(lab):
-    data = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "counters", "table", "inet", "torexit_inbound").stdout)
-    return {c["counter"]["name"]: c["counter"]["packets"] for c in data["nftables"] if "counter" in c}
-
-
-def set_size(lab, name):
-    data = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "set", "inet", "torexit_inbound", name).stdout)
-    return sum(len(s["set"].get("elem", [])) for s in data["nftables"] if "set" in s)
-
-
 def run_clients(lab, spec):
     proc = lab.ns(lab.net, sys.executable, "-c", CLIENT, json.dumps(spec), V4_LINK[0], V6_LINK[0], str(ORPORT),
                   timeout=60)
@@ -118,28 +80,12 @@ def run_clients(lab, spec):
 def setup_relay(lab, tmp_path, mode):
     lab.ns(lab.relay, "nft", "-f", str(render(tmp_path, mode)))
     # The relay must answer the internet's 2001:db8:1::/48 and 198.18.0.0/15 (routes exist).
-    consensus = tmp_path / "cached-microdesc-consensus"
-    consensus.write_text("network-status-version 3 microdesc\n"
-                         "r relay1 AAAA 2026-11-23 12:00:00 198.18.50.1 9001 0\n"
-                         "a [2001:db8:1:50::1]:9001\n")
-    sys.path.insert(0, os.path.join(TOP, ".cache", "collections"))
-    script = tmp_path / "relays.sh"
-    from ansible_collections.torexit.hardening.plugins.module_utils import guard_host  # pylint: disable=import-outside-toplevel
-    script.write_text(guard_host.relays_script("nftables"))
-    lab.ns(lab.relay, "sh", str(script), str(consensus))
+    load_relays(lab, tmp_path, "network-status-version 3 microdesc\n"
+                "r relay1 AAAA 2026-11-23 12:00:00 198.18.50.1 9001 0\n"
+                "a [2001:db8:1:50::1]:9001\n")
     lab.spawn(lab.relay, sys.executable, "-c", SERVER, str(ORPORT))
-    # Static neighbours on the link: a burst of SYNs waiting for neighbour discovery
-    # overflows its queue, and the lost ones would be counted as failed connects.
-    devs = {lab.relay: "v%sr" % lab.relay[-6:], lab.net: "v%sn" % lab.relay[-6:]}
-    macs = {ns: json.loads(lab.ns(ns, "ip", "-j", "link", "show", "dev", dev).stdout)[0]["address"]
-            for ns, dev in devs.items()}
-    for ns, peer, idx in ((lab.relay, lab.net, 1), (lab.net, lab.relay, 0)):
-        for addr in (V4_LINK[idx], V6_LINK[idx]):
-            lab.ns(ns, "ip", "neigh", "replace", addr, "lladdr", macs[peer], "dev", devs[ns], "nud", "permanent")
-    for _attempt in range(50):
-        if lab.ns(lab.relay, "ss", "-ltnH", "sport = :%d" % ORPORT, check=False).stdout.count("LISTEN") >= 2:
-            break
-        subprocess.run(["sleep", "0.1"], check=False)
+    static_neighbours(lab)
+    wait_listening(lab, ORPORT)
 
 
 def flood_spec():

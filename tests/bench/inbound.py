@@ -1,0 +1,237 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The bench's inbound rows (issue 18): a connection flood on the ORPort while relays
+and ordinary clients connect, with the firewall role's nftables table as rendered
+from its template: "no protection" (firewall_inbound_dos_mode: absent) and
+"protected" (the role's defaults), in one run.
+
+    bench.py --scenario inbound      (run.sh passes it on; about 2 minutes)
+
+Lab: tests/integration/netlab.Lab as PREFIX-in-r (relay: the role's table, a
+listener on ORPort 9001 that holds what it accepts) and PREFIX-in-n (the internet:
+owns 198.18.0.0/15 and 2001:db8:1::/48, every source below is an address there).
+Counts are made by the connecting side per group; no address is written anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
+import inbound_lab as IL  # noqa: E402
+from netlab import V4_LINK, V6_LINK, Lab  # noqa: E402
+
+ORPORT = 9001
+LOAD = os.path.join(HERE, "inbound_load.py")
+VARIANTS = (("off", "absent", "no protection"), ("on", "enforce", "protected (role defaults)"))
+FLOOD_S = 20            # pace of every group; the client stops everything after LIMIT_S
+LIMIT_S = 40
+TIMEOUT_S = 3.0
+CPU_ROUNDS, CPU_CONNS = 7, 4000
+N_RELAYS = 2000         # relays in the consensus the refresh script loads
+FLOOD_GROUPS = ("heavy_v4", "heavy_v6_64", "light_v4", "light_v6")
+LABELS = {
+    "heavy_v4": "heavy IPv4: 4 sources, 400 connects each at 20/s, held 5 s",
+    "heavy_v6_64": "heavy IPv6 /64: 16 addresses of one /64, 50 connects each at 2.5/s (800), held 5 s",
+    "light_v4": "light IPv4: 200 sources, 20 connects each at 1/s, held 5 s",
+    "light_v6": "light IPv6: 100 sources (one /64 each), 20 connects each at 1/s, held 5 s",
+    "clients": "ordinary clients: 300 IPv4 + 100 IPv6 sources, 2 connections each 8 s apart, held 3 s",
+    "relays": "relays of the consensus: 10 IPv4 + 10 IPv6, 40 connects each at 2/s, held 10 s (~20 open each)",
+}
+
+
+def v4(base, i):
+    """i-th address of a block of 198.18.0.0/15 starting at 198.18.BASE.1 (250 per /24)."""
+    return "198.18.%d.%d" % (base + i // 250, i % 250 + 1)
+
+
+def relay_addrs(i):
+    return "198.19.%d.%d" % (i // 250, i % 250 + 1), "2001:db8:1:%x::1" % (0xf000 + i)
+
+
+def consensus():
+    lines = ["network-status-version 3 microdesc"]
+    for i in range(N_RELAYS):
+        a4, a6 = relay_addrs(i)
+        lines += ["r relay%d AAAA%d 2026-11-23 12:00:00 %s 9001 0" % (i, i, a4), "a [%s]:9001" % a6]
+    return "\n".join(lines) + "\n"
+
+
+def flood_spec(seed=18):
+    rnd = random.Random(seed)
+
+    def start(spread):
+        return round(rnd.uniform(0, spread), 3)
+    groups = {
+        "heavy_v4": [["198.18.10.%d" % i, 400, 20.0, 5.0, start(0.5)] for i in range(1, 5)],
+        "heavy_v6_64": [["2001:db8:1:10::%x" % i, 50, 2.5, 5.0, start(0.5)] for i in range(1, 17)],
+        "light_v4": [[v4(100, i), 20, 1.0, 5.0, start(1.0)] for i in range(200)],
+        "light_v6": [["2001:db8:1:%x::1" % (0x1000 + i), 20, 1.0, 5.0, start(1.0)] for i in range(100)],
+        "clients": [[v4(120, i), 2, 0.125, 3.0, start(4.0)] for i in range(300)]
+        + [["2001:db8:1:%x::1" % (0x2000 + i), 2, 0.125, 3.0, start(4.0)] for i in range(100)],
+        "relays": [[relay_addrs(i)[i % 2], 40, 2.0, 10.0, start(0.5)] for i in range(20)],
+    }
+    return {"dst4": V4_LINK[0], "dst6": V6_LINK[0], "port": ORPORT, "timeout": TIMEOUT_S, "limit_s": LIMIT_S,
+            "groups": groups}
+
+
+def cpu_sources(k0, n):
+    """n fresh sources (half IPv4, half IPv6 /64s) from index k0: never used before in the run."""
+    return [v4(130, k // 2) if k % 2 == 0 else "2001:db8:1:%x::1" % (0x4000 + k // 2) for k in range(k0, k0 + n)]
+
+
+def load(lab, files, state):
+    """Load the rendered table of a state (nft -f replaces the whole table: sets start empty),
+    refill the relay sets, forget the previous state's connections."""
+    lab.ns(lab.relay, "nft", "-f", files[state])
+    if state == "on":
+        IL.load_relays(lab, files["dir"], consensus())
+    lab.ns(lab.relay, "conntrack", "-F", check=False)
+
+
+def listen_drops(lab):
+    """The relay namespace's TcpExt ListenOverflows + ListenDrops (SYNs the listener's
+    full queue dropped: failures that are the busy machine's, not the rules')."""
+    lines = [ln.split() for ln in lab.ns(lab.relay, "cat", "/proc/net/netstat").stdout.splitlines()
+             if ln.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return 0
+    row = dict(zip(lines[0][1:], lines[1][1:]))
+    return int(row.get("ListenOverflows", 0)) + int(row.get("ListenDrops", 0))
+
+
+def client(lab, mode, spec, timeout):
+    proc = lab.ns(lab.net, sys.executable, LOAD, mode, "-", input=json.dumps(spec), timeout=timeout)
+    return json.loads(proc.stdout)
+
+
+def measure(lab, files, log):
+    res = {"flood": {}, "cpu": {"on": [], "off": []}, "counters": {}, "relays_loaded": 0}
+    for state, mode, _label in VARIANTS:
+        load(lab, files, state)
+        if state == "on":
+            res["relays_loaded"] = IL.set_size(lab, "relays_v4") + IL.set_size(lab, "relays_v6")
+        t, d0 = time.monotonic(), listen_drops(lab)
+        res["flood"][state] = client(lab, "flood", flood_spec(), LIMIT_S + 30)
+        res["flood"][state]["_listen_drops"] = listen_drops(lab) - d0
+        if state == "on":
+            res["counters"] = IL.counters(lab)
+            res["blocked"] = {"v4": IL.set_size(lab, "dos_blocked_v4"), "v6": IL.set_size(lab, "dos_blocked_v6")}
+        log("  inbound flood, %-3s (%s) %5.1f s" % (state, mode, time.monotonic() - t))
+        time.sleep(1)
+    # CPU per connection: paired rounds, order alternating, fresh sources every time
+    k = 0
+    for rnd in range(CPU_ROUNDS):
+        for state in (("off", "on") if rnd % 2 == 0 else ("on", "off")):
+            load(lab, files, state)
+            spec = {"dst4": V4_LINK[0], "dst6": V6_LINK[0], "port": ORPORT, "timeout": TIMEOUT_S,
+                    "limit_s": 60, "concurrency": 64, "sources": cpu_sources(k, CPU_CONNS)}
+            k += CPU_CONNS
+            d0 = listen_drops(lab)
+            res["cpu"][state].append(dict(client(lab, "cpu", spec, 90), listen_drops=listen_drops(lab) - d0))
+    log("  inbound cpu, %d paired rounds" % CPU_ROUNDS)
+    return res
+
+
+# --- the table -------------------------------------------------------------------------
+def pct(a, b):
+    return 100.0 * a / b if b else None
+
+
+def rows(res):
+    off, on = res["flood"]["off"], res["flood"]["on"]
+    out = []
+
+    def cell(r, g):
+        x = r[g]
+        p = pct(x["ok"], x["attempts"])
+        return "%d/%d (%.2f%%)" % (x["ok"], x["attempts"], p) if p is not None else "n/a"
+    for g in FLOOD_GROUPS:
+        rel = pct(on[g]["ok"], off[g]["ok"])
+        out.append({"key": g, "label": LABELS[g] + ": accepted", "off": cell(off, g), "on": cell(on, g),
+                    "target": "shown", "value": rel,
+                    "note": "%.2f%% of no protection" % rel if rel is not None else "n/a", "pass": None})
+    f_off = sum(off[g]["ok"] for g in FLOOD_GROUPS)
+    f_on = sum(on[g]["ok"] for g in FLOOD_GROUPS)
+    a_off = sum(off[g]["attempts"] for g in FLOOD_GROUPS)
+    a_on = sum(on[g]["attempts"] for g in FLOOD_GROUPS)
+    rel = pct(f_on, f_off)
+    out.append({"key": "flood", "label": "flood total (the four groups above): accepted, protected as % of no "
+                "protection", "off": "%d/%d" % (f_off, a_off), "on": "%d/%d" % (f_on, a_on), "target": "≤ 5%",
+                "value": rel, "note": "%.2f%%" % rel if rel is not None else "n/a",
+                "pass": rel is not None and rel <= 5.0})
+    for g, target, bound in (("clients", "≥ 99.9%", 99.9), ("relays", "100%", 100.0)):
+        p = pct(on[g]["ok"], on[g]["attempts"])
+        out.append({"key": g, "label": LABELS[g] + ": succeeded", "off": cell(off, g), "on": cell(on, g),
+                    "target": target, "value": p, "note": "", "pass": p is not None and p >= bound
+                    and on[g]["attempts"] > 0})
+    s = res["cpu"]
+    if s["on"] and s["off"]:
+        ratio = statistics.median(a["proc_us"] / b["proc_us"] for a, b in zip(s["on"], s["off"]))
+        med = {st: (statistics.median(x["proc_us"] for x in s[st]), statistics.median(x["sys_us"] for x in s[st]))
+               for st in ("on", "off")}
+        failed = sum(x["failed"] for st in ("on", "off") for x in s[st])
+        drops = sum(x.get("listen_drops", 0) for st in ("on", "off") for x in s[st])
+        out.append({"key": "cpu", "label": "CPU per new connection (connecting side, user + kernel: the relay's "
+                    "input hook runs in its softirq), %d paired rounds × %d fresh sources (half IPv6), "
+                    "order alternating" % (len(s["on"]), CPU_CONNS),
+                    "off": "%.0f µs (kernel %.0f µs)" % med["off"], "on": "%.0f µs (kernel %.0f µs)" % med["on"],
+                    "target": "reported", "value": ratio,
+                    "note": "%.2f× on/off (median of per-round ratios); %d connects failed, listener queue "
+                    "drops %d" % (ratio, failed, drops),
+                    "pass": failed == 0})
+    return out
+
+
+def markdown(table, res, meta):
+    head = "| group | no protection | protected | result | target | pass |\n|---|---|---|---|---|---|\n"
+    body = "".join("| %s | %s | %s | %s | %s | %s |\n" % (
+        r["label"], r["off"], r["on"], r["note"], r["target"],
+        "-" if r["pass"] is None else ("PASS" if r["pass"] else "**FAIL**")) for r in table)
+    c = res.get("counters", {})
+    fl = res.get("flood", {})
+    notes = ("\nProtected run: %d relay addresses loaded from a %d-relay consensus; counters: blocked %s, "
+             "concurrency %s, rate %s; sources in the block sets: %s IPv4, %s IPv6 /64. Listener queue "
+             "drops (TcpExt ListenOverflows + ListenDrops) during the flood: %s no protection, %s protected.\n"
+             "Run %s on %s, %d CPUs, kernel %s; %.0f s.\n" % (
+                 res.get("relays_loaded", 0), N_RELAYS, c.get("dos_blocked_hits"), c.get("dos_concurrency_hits"),
+                 c.get("dos_rate_hits"), res.get("blocked", {}).get("v4"), res.get("blocked", {}).get("v6"),
+                 fl.get("off", {}).get("_listen_drops"), fl.get("on", {}).get("_listen_drops"),
+                 meta["started"], meta["host"], meta["cpus"], meta["kernel"], meta["wall_s"]))
+    return head + body + notes
+
+
+def run(out_dir, prefix, log=print):
+    """Build the lab, measure both variants, write bench-inbound.{md,json}; 0 when every target is met."""
+    started = time.time()
+    tmp = tempfile.mkdtemp(prefix=prefix + "in-")
+    files = {"dir": tmp, "off": IL.render(tmp, "absent"), "on": IL.render(tmp, "enforce")}
+    meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), "host": os.uname().nodename,
+            "cpus": os.cpu_count(), "kernel": os.uname().release}
+    with Lab(names=(prefix + "in-r", prefix + "in-n")) as lab:
+        log("inbound lab up: %s + %s" % (lab.relay, lab.net))
+        lab.ns(lab.relay, "nft", "-f", files["off"])
+        lab.spawn(lab.relay, sys.executable, LOAD, "server", str(ORPORT), "600")
+        IL.static_neighbours(lab)
+        if not IL.wait_listening(lab, ORPORT):
+            raise RuntimeError("the ORPort listener did not start")
+        res = measure(lab, files, log)
+    subprocess.run(["rm", "-rf", tmp], check=False)
+    meta["wall_s"] = time.time() - started
+    table = rows(res)
+    ok = all(r["pass"] is not False for r in table)
+    md = markdown(table, res, meta)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench-inbound.json"), "w") as f:
+        json.dump({"meta": meta, "rows": table, "raw": res, "targets_met": ok}, f, indent=1)
+    with open(os.path.join(out_dir, "bench-inbound.md"), "w") as f:
+        f.write("# Abuse bench: inbound flood on the ORPort\n\n" + md)
+    log("\n" + md)
+    log("inbound targets: %s" % ("all met" if ok else "MISSED"))
+    return 0 if ok else 1
