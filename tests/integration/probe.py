@@ -4,7 +4,8 @@ The spec lists destinations ([address, port] pairs) and a concurrency. Each
 destination gets one TCP connect with a short timeout; the result counts
 `ok`, `refused` and `timeout`. With `"hold": SECONDS` a client keeps each
 connection that long, as an upload sends its data, then waits for the server to
-close first, as an upload waits for the server's answer. Bounded: at most 300,000 destinations and 120 s.
+close first, as an upload waits for the server's answer. Bounded: at most
+300,000 destinations and 120 s.
 """
 import asyncio
 import json

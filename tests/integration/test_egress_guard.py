@@ -21,9 +21,8 @@ def nft(lab, *args, check=True):
 
 def listen(lab, port):
     """Accept-and-close server for every address of the internet namespace. It
-    empties the accept queue on every wake-up: on a loaded machine, connections a
-    slow server leaves unaccepted stay open (CLOSE_WAIT) and count towards the
-    flood detector's concurrency, which a real server closing them would not."""
+    empties the accept queue on every wake-up, so connections do not wait
+    unaccepted (and open) behind a slow server."""
     code = ("import socket,select,time\n"
             "s=socket.socket(socket.AF_INET6);s.setsockopt(41,26,0);s.setsockopt(1,2,1)\n"
             "s.bind(('::',%d));s.listen(4096);s.setblocking(False);end=time.time()+120\n"
