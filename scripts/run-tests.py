@@ -59,12 +59,20 @@ def all_stages(selected_scenarios):
 
 
 def junit_counts(path):
+    """Passed, failed and skipped counts of a junit file, and the failed tests'
+    names with the first line of their message."""
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     total = sum(int(s.get("tests", 0)) for s in suites)
     failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
     skipped = sum(int(s.get("skipped", 0)) for s in suites)
-    return total - failed - skipped, failed, skipped
+    names = []
+    for case in root.iter("testcase"):
+        for bad in list(case.findall("failure")) + list(case.findall("error")):
+            message = (bad.get("message") or "").strip().splitlines()
+            names.append("%s::%s: %s" % (case.get("classname"), case.get("name"),
+                                         message[0][:300] if message else bad.tag))
+    return total - failed - skipped, failed, skipped, names
 
 
 def main():
@@ -88,6 +96,7 @@ def main():
                ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
                PY_COLORS="0", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", NO_COLOR="1")
     rows = []
+    failed_tests = []  # named again after the summary: a long log's tail must say what failed
 
     def run(stage, quiet):
         """Run one stage; with quiet, keep its output and print it in one piece."""
@@ -102,7 +111,8 @@ def main():
             rc, output = subprocess.call(stage["cmd"], cwd=TOP, env=env), ""
         took = time.monotonic() - start
         if stage.get("junit") and os.path.exists(stage["junit"]):
-            p, f, s = junit_counts(stage["junit"])
+            p, f, s, names = junit_counts(stage["junit"])
+            failed_tests.extend(names)
             if rc not in (0, 5) and f == 0:  # pytest crashed before it could report
                 f = 1
             os.remove(stage["junit"])
@@ -135,6 +145,8 @@ def main():
     for name, result, p, f, s, took in rows:
         print("%-28s %-7s %6d %6d %7d %8.0f" % (name, result, p, f, s, took))
     print("summary: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    for name in failed_tests:
+        print("failed: %s" % name)
     return 1 if failed else 0
 
 
