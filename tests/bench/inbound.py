@@ -8,7 +8,9 @@ from its template: "no protection" (firewall_inbound_dos_mode: absent) and
 
 Lab: tests/integration/netlab.Lab as PREFIX-in-r (relay: the role's table, a
 listener on ORPort 9001 that holds what it accepts) and PREFIX-in-n (the internet:
-owns 198.18.0.0/15 and 2001:db8:1::/48, every source below is an address there).
+owns 198.18.0.0/15, 2001:db8:1::/48 and 2001:db8:2::/48, every source below is an
+address there; the flood's IPv6 sources share 2001:db8:1::/48, the ordinary IPv6
+clients come from 2001:db8:2::/48).
 Counts are made by the connecting side per group; no address is written anywhere.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ FLOOD_S = 20            # pace of every group; the client stops everything after
 LIMIT_S = 40
 TIMEOUT_S = 3.0
 CPU_ROUNDS, CPU_CONNS = 7, 4000
+CLIENTS_V6 = "2001:db8:2::/48"
 N_RELAYS = 2000         # relays in the consensus the refresh script loads
 FLOOD_GROUPS = ("heavy_v4", "heavy_v6_64", "light_v4", "light_v6")
 LABELS = {
@@ -42,6 +45,8 @@ LABELS = {
     "light_v4": "light IPv4: 200 sources, 20 connects each at 1/s, held 5 s",
     "light_v6": "light IPv6: 100 sources (one /64 each), 20 connects each at 1/s, held 5 s",
     "clients": "ordinary clients: 300 IPv4 + 100 IPv6 sources, 2 connections each 8 s apart, held 3 s",
+    "neighbours": "clients inside the light flood's networks (its IPv4 /24, its IPv6 /48): 20 IPv4 + 10 IPv6 "
+                  "sources, 2 connections each 8 s apart, held 3 s",
     "relays": "relays of the consensus: 10 IPv4 + 10 IPv6, 40 connects each at 2/s, held 10 s (~20 open each)",
 }
 
@@ -74,7 +79,9 @@ def flood_spec(seed=18):
         "light_v4": [[v4(100, i), 20, 1.0, 5.0, start(1.0)] for i in range(200)],
         "light_v6": [["2001:db8:1:%x::1" % (0x1000 + i), 20, 1.0, 5.0, start(1.0)] for i in range(100)],
         "clients": [[v4(120, i), 2, 0.125, 3.0, start(4.0)] for i in range(300)]
-        + [["2001:db8:1:%x::1" % (0x2000 + i), 2, 0.125, 3.0, start(4.0)] for i in range(100)],
+        + [["2001:db8:2:%x::1" % (0x2000 + i), 2, 0.125, 3.0, start(4.0)] for i in range(100)],
+        "neighbours": [[v4(100, 220 + i), 2, 0.125, 3.0, start(4.0)] for i in range(20)]
+        + [["2001:db8:1:%x::1" % (0x3000 + i), 2, 0.125, 3.0, start(4.0)] for i in range(10)],
         "relays": [[relay_addrs(i)[i % 2], 40, 2.0, 10.0, start(0.5)] for i in range(20)],
     }
     return {"dst4": V4_LINK[0], "dst6": V6_LINK[0], "port": ORPORT, "timeout": TIMEOUT_S, "limit_s": LIMIT_S,
@@ -171,6 +178,11 @@ def rows(res):
         out.append({"key": g, "label": LABELS[g] + ": succeeded", "off": cell(off, g), "on": cell(on, g),
                     "target": target, "value": p, "note": "", "pass": p is not None and p >= bound
                     and on[g]["attempts"] > 0})
+    g = "neighbours"
+    if g in on:
+        p = pct(on[g]["ok"], on[g]["attempts"])
+        out.append({"key": g, "label": LABELS[g] + ": succeeded", "off": cell(off, g), "on": cell(on, g),
+                    "target": "shown", "value": p, "note": "share a flooding network", "pass": None})
     s = res["cpu"]
     if s["on"] and s["off"]:
         ratio = statistics.median(a["proc_us"] / b["proc_us"] for a, b in zip(s["on"], s["off"]))
@@ -197,11 +209,11 @@ def markdown(table, res, meta):
     c = res.get("counters", {})
     fl = res.get("flood", {})
     notes = ("\nProtected run: %d relay addresses loaded from a %d-relay consensus; counters: blocked %s, "
-             "concurrency %s, rate %s; sources in the block sets: %s IPv4, %s IPv6 /64. Listener queue "
+             "concurrency %s, rate %s, network rate %s; sources in the block sets: %s IPv4, %s IPv6 /64. Listener queue "
              "drops (TcpExt ListenOverflows + ListenDrops) during the flood: %s no protection, %s protected.\n"
              "Run %s on %s, %d CPUs, kernel %s; %.0f s.\n" % (
                  res.get("relays_loaded", 0), N_RELAYS, c.get("dos_blocked_hits"), c.get("dos_concurrency_hits"),
-                 c.get("dos_rate_hits"), res.get("blocked", {}).get("v4"), res.get("blocked", {}).get("v6"),
+                 c.get("dos_rate_hits"), c.get("dos_net_rate_hits"), res.get("blocked", {}).get("v4"), res.get("blocked", {}).get("v6"),
                  fl.get("off", {}).get("_listen_drops"), fl.get("on", {}).get("_listen_drops"),
                  meta["started"], meta["host"], meta["cpus"], meta["kernel"], meta["wall_s"]))
     return head + body + notes
@@ -216,6 +228,9 @@ def run(out_dir, prefix, log=print):
             "cpus": os.cpu_count(), "kernel": os.uname().release}
     with Lab(names=(prefix + "in-r", prefix + "in-n")) as lab:
         log("inbound lab up: %s + %s" % (lab.relay, lab.net))
+        # a second IPv6 /48 for the ordinary clients (the lab's own range holds the flood)
+        lab.ns(lab.relay, "ip", "-6", "route", "add", CLIENTS_V6, "via", V6_LINK[1])
+        lab.ns(lab.net, "ip", "-6", "route", "add", "local", CLIENTS_V6, "dev", "lo")
         lab.ns(lab.relay, "nft", "-f", files["off"])
         lab.spawn(lab.relay, sys.executable, LOAD, "server", str(ORPORT), "600")
         IL.static_neighbours(lab)
