@@ -37,6 +37,7 @@ LIMIT_S = 40
 TIMEOUT_S = 3.0
 CPU_ROUNDS, CPU_CONNS = 7, 4000
 CLIENTS_V6 = "2001:db8:2::/48"
+CPU_V6 = "2001:db8:100::/40"
 N_RELAYS = 2000         # relays in the consensus the refresh script loads
 FLOOD_GROUPS = ("heavy_v4", "heavy_v6_64", "light_v4", "light_v6")
 LABELS = {
@@ -88,9 +89,13 @@ def flood_spec(seed=18):
             "groups": groups}
 
 
-def cpu_sources(k0, n):
-    """n fresh sources (half IPv4, half IPv6 /64s) from index k0: never used before in the run."""
-    return [v4(130, k // 2) if k % 2 == 0 else "2001:db8:1:%x::1" % (0x4000 + k // 2) for k in range(k0, k0 + n)]
+def cpu_sources(n):
+    """n sources (half IPv4, half IPv6 /64s), 50 per IPv4 /24 and per IPv6 /48 (under the
+    per-network burst of 60, so every connect is accepted in both states). The same
+    every round: load() starts every round with empty sets and conntrack, so each one
+    is a first contact, for its network too."""
+    return ["198.18.%d.%d" % (130 + k // 100, k // 2 % 50 + 1) if k % 2 == 0
+            else "2001:db8:%x:%x::1" % (0x100 + k // 100, k // 2 % 50) for k in range(n)]
 
 
 def load(lab, files, state):
@@ -133,13 +138,11 @@ def measure(lab, files, log):
         log("  inbound flood, %-3s (%s) %5.1f s" % (state, mode, time.monotonic() - t))
         time.sleep(1)
     # CPU per connection: paired rounds, order alternating, fresh sources every time
-    k = 0
     for rnd in range(CPU_ROUNDS):
         for state in (("off", "on") if rnd % 2 == 0 else ("on", "off")):
             load(lab, files, state)
             spec = {"dst4": V4_LINK[0], "dst6": V6_LINK[0], "port": ORPORT, "timeout": TIMEOUT_S,
-                    "limit_s": 60, "concurrency": 64, "sources": cpu_sources(k, CPU_CONNS)}
-            k += CPU_CONNS
+                    "limit_s": 60, "concurrency": 64, "sources": cpu_sources(CPU_CONNS)}
             d0 = listen_drops(lab)
             res["cpu"][state].append(dict(client(lab, "cpu", spec, 90), listen_drops=listen_drops(lab) - d0))
     log("  inbound cpu, %d paired rounds" % CPU_ROUNDS)
@@ -231,6 +234,9 @@ def run(out_dir, prefix, log=print):
         # a second IPv6 /48 for the ordinary clients (the lab's own range holds the flood)
         lab.ns(lab.relay, "ip", "-6", "route", "add", CLIENTS_V6, "via", V6_LINK[1])
         lab.ns(lab.net, "ip", "-6", "route", "add", "local", CLIENTS_V6, "dev", "lo")
+        # and 2001:db8:100::/40 for the CPU rounds' sources (50 per /48)
+        lab.ns(lab.relay, "ip", "-6", "route", "add", CPU_V6, "via", V6_LINK[1])
+        lab.ns(lab.net, "ip", "-6", "route", "add", "local", CPU_V6, "dev", "lo")
         lab.ns(lab.relay, "nft", "-f", files["off"])
         lab.spawn(lab.relay, sys.executable, LOAD, "server", str(ORPORT), "600")
         IL.static_neighbours(lab)

@@ -100,14 +100,13 @@ XT_PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
   vars_files: [DEFAULTS]
-  vars:
-    firewall_inbound_dos_mode: MODE
-    firewall_chain: TOREXIT-INPUT
-    firewall_dos_chain: TOREXIT-DOS
   tasks:
     - ansible.builtin.template: {src: TDIR/inbound-dos.ipset.j2, dest: DEST.ipset, mode: "0600"}
     - ansible.builtin.template: {src: TDIR/inbound.iptables.j2, dest: "DEST.ip{{ item }}", mode: "0600"}
-      vars:
+      vars:   # task vars: above the defaults of vars_files
+        firewall_inbound_dos_mode: MODE
+        firewall_chain: TOREXIT-INPUT
+        firewall_dos_chain: TOREXIT-DOS
         firewall_family: "{{ item }}"
       loop: [4, 6]
 """
