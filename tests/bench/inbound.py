@@ -119,7 +119,9 @@ def listen_drops(lab):
 
 
 def client(lab, mode, spec, timeout):
-    proc = lab.ns(lab.net, sys.executable, LOAD, mode, "-", input=json.dumps(spec), timeout=timeout)
+    proc = lab.ns(lab.net, sys.executable, LOAD, mode, "-", input=json.dumps(spec), timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("inbound_load.py %s failed (exit %d): %s" % (mode, proc.returncode, proc.stderr[-1500:]))
     return json.loads(proc.stdout)
 
 
