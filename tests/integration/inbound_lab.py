@@ -27,17 +27,19 @@ PLAYBOOK = """
         mode: "0600"
       vars:
         firewall_inbound_dos_mode: {mode}
+        firewall_inbound_dos_net_rate_per_minute: {net_rate}
 """
 
 
-def render(tmp_dir, mode):
-    """The role's inbound.nft.j2 with the role's defaults and firewall_inbound_dos_mode=mode."""
-    dest = os.path.join(str(tmp_dir), "inbound-%s.nft" % mode)
+def render(tmp_dir, mode, net_rate=0):
+    """The role's inbound.nft.j2 with the role's defaults, firewall_inbound_dos_mode=mode and
+    firewall_inbound_dos_net_rate_per_minute=net_rate."""
+    dest = os.path.join(str(tmp_dir), "inbound-%s-%d.nft" % (mode, net_rate))
     book = os.path.join(str(tmp_dir), "render-%s.yml" % mode)
     with open(book, "w") as f:
         f.write(PLAYBOOK.format(defaults=os.path.join(TOP, "roles/firewall/defaults/main.yml"),
                                 template=os.path.join(TOP, "roles/firewall/templates/inbound.nft.j2"),
-                                dest=dest, mode=mode))
+                                dest=dest, mode=mode, net_rate=int(net_rate)))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     proc = subprocess.run([os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-c", "local", book],
@@ -105,6 +107,7 @@ XT_PLAYBOOK = """
     - ansible.builtin.template: {src: TDIR/inbound.iptables.j2, dest: "DEST.ip{{ item }}", mode: "0600"}
       vars:   # task vars: above the defaults of vars_files
         firewall_inbound_dos_mode: MODE
+        firewall_inbound_dos_net_rate_per_minute: NETRATE
         firewall_chain: TOREXIT-INPUT
         firewall_dos_chain: TOREXIT-DOS
         firewall_family: "{{ item }}"
@@ -114,14 +117,14 @@ XT_SETS = {"relays_v4": "torexit_in_relays_v4", "relays_v6": "torexit_in_relays_
            "dos_blocked_v4": "torexit_in_blocked_v4", "dos_blocked_v6": "torexit_in_blocked_v6"}
 
 
-def render_xt(tmp_dir, mode):
+def render_xt(tmp_dir, mode, net_rate=0):
     """The role's inbound.iptables.j2 (both families) and inbound-dos.ipset.j2 with its defaults:
     {"ipset": path, 4: path, 6: path}."""
-    dest = os.path.join(str(tmp_dir), "inbound-%s" % mode)
-    book = os.path.join(str(tmp_dir), "render-xt-%s.yml" % mode)
+    dest = os.path.join(str(tmp_dir), "inbound-%s-%d" % (mode, net_rate))
+    book = os.path.join(str(tmp_dir), "render-xt-%s-%d.yml" % (mode, net_rate))
     text = (XT_PLAYBOOK.replace("DEFAULTS", os.path.join(TOP, "roles/firewall/defaults/main.yml"))
             .replace("TDIR", os.path.join(TOP, "roles/firewall/templates")).replace("DEST", dest)
-            .replace("MODE", mode))
+            .replace("MODE", mode).replace("NETRATE", str(int(net_rate))))
     with open(book, "w") as f:
         f.write(text)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),

@@ -91,8 +91,8 @@ class Nftables:
     counters, set_size = staticmethod(IL.counters), staticmethod(IL.set_size)
 
     @staticmethod
-    def load(lab, tmp_path, mode):
-        lab.ns(lab.relay, "nft", "-f", str(IL.render(tmp_path, mode)))
+    def load(lab, tmp_path, mode, net_rate=0):
+        lab.ns(lab.relay, "nft", "-f", str(IL.render(tmp_path, mode, net_rate)))
         IL.load_relays(lab, tmp_path, CONSENSUS)
 
     @staticmethod
@@ -105,8 +105,8 @@ class Iptables:
     counters, set_size = staticmethod(IL.counters_xt), staticmethod(IL.set_size_xt)
 
     @staticmethod
-    def load(lab, tmp_path, mode):
-        IL.load_xt(lab, IL.render_xt(tmp_path, mode))
+    def load(lab, tmp_path, mode, net_rate=0):
+        IL.load_xt(lab, IL.render_xt(tmp_path, mode, net_rate))
         IL.load_relays_xt(lab, tmp_path, CONSENSUS)
 
     @staticmethod
@@ -119,9 +119,9 @@ def backend(request):
     return request.param
 
 
-def setup_relay(lab, tmp_path, mode, backend):
+def setup_relay(lab, tmp_path, mode, backend, net_rate=0):
     # The relay must answer the internet's 2001:db8:1::/48 and 198.18.0.0/15 (routes exist).
-    backend.load(lab, tmp_path, mode)
+    backend.load(lab, tmp_path, mode, net_rate)
     lab.spawn(lab.relay, sys.executable, "-c", SERVER, str(ORPORT))
     IL.static_neighbours(lab)
     IL.wait_listening(lab, ORPORT)
@@ -160,8 +160,9 @@ def test_flood_is_limited_relays_and_clients_pass(lab, tmp_path, backend):
 
 def test_light_sources_of_one_network_are_throttled_not_blocked(lab, tmp_path, backend):
     """150 IPv4 sources of one /24 and 150 IPv6 /64s of one /48, one connect each: every
-    source is far below its own limits, their network is not (60/min, burst 60)."""
-    setup_relay(lab, tmp_path, "enforce", backend)
+    source is far below its own limits, their network is not (the opt-in per-network rate:
+    60/min, burst 60)."""
+    setup_relay(lab, tmp_path, "enforce", backend, net_rate=60)
     out = run_clients(lab, {
         "light_v4": [["198.18.30.%d" % i, 1, True] for i in range(1, 151)],
         "light_v6": [["2001:db8:1:%x::1" % (0x1000 + i), 1, True] for i in range(150)],
