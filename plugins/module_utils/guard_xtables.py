@@ -37,6 +37,9 @@ CHAIN_PREFIX = "TOREXIT-"
 HEAD_CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")
 TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD", "LGHIT", "WIDE", "WIDEHIT")
 SET_PREFIX = "torexit_"
+# Sets of the firewall role's inbound DoS rules (and their refresh's temporary copies):
+# never the guard's, though they share SET_PREFIX.
+INBOUND_SET_PREFIXES = ("torexit_in_", "torexit_tmp_in_")
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 # ipset family and command prefix per family
 IPSET_FAMILY = {"v4": "inet", "v6": "inet6"}
@@ -346,7 +349,8 @@ def list_sets(run, name=None):
     for line in out.splitlines():
         if line.startswith("Name: "):
             name = line[6:].strip()
-            cur = {"type": None, "header": {}, "entries": []} if name.startswith(SET_PREFIX) else None
+            ours = name.startswith(SET_PREFIX) and not name.startswith(INBOUND_SET_PREFIXES)
+            cur = {"type": None, "header": {}, "entries": []} if ours else None
             if cur is not None:
                 sets[name] = cur
             members = False

@@ -1,4 +1,4 @@
-"""The firewall role's inbound ruleset (nftables) in a netlab.Lab: shared by
+"""The firewall role's inbound ruleset (nftables; iptables: the *_xt helpers) in a netlab.Lab: shared by
 tests/integration/test_inbound_dos.py and the bench's inbound rows (tests/bench/inbound.py).
 
 render() renders the role's real template with its defaults (only
@@ -8,6 +8,7 @@ link's neighbours so bursts of SYNs are not lost behind neighbour discovery.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,17 +27,19 @@ PLAYBOOK = """
         mode: "0600"
       vars:
         firewall_inbound_dos_mode: {mode}
+        firewall_inbound_dos_net_rate_per_minute: {net_rate}
 """
 
 
-def render(tmp_dir, mode):
-    """The role's inbound.nft.j2 with the role's defaults and firewall_inbound_dos_mode=mode."""
-    dest = os.path.join(str(tmp_dir), "inbound-%s.nft" % mode)
+def render(tmp_dir, mode, net_rate=0):
+    """The role's inbound.nft.j2 with the role's defaults, firewall_inbound_dos_mode=mode and
+    firewall_inbound_dos_net_rate_per_minute=net_rate."""
+    dest = os.path.join(str(tmp_dir), "inbound-%s-%d.nft" % (mode, net_rate))
     book = os.path.join(str(tmp_dir), "render-%s.yml" % mode)
     with open(book, "w") as f:
         f.write(PLAYBOOK.format(defaults=os.path.join(TOP, "roles/firewall/defaults/main.yml"),
                                 template=os.path.join(TOP, "roles/firewall/templates/inbound.nft.j2"),
-                                dest=dest, mode=mode))
+                                dest=dest, mode=mode, net_rate=int(net_rate)))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     proc = subprocess.run([os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-c", "local", book],
@@ -92,3 +95,80 @@ def counters(lab):
 def set_size(lab, name):
     data = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "set", *TABLE, name).stdout)
     return sum(len(s["set"].get("elem", [])) for s in data["nftables"] if "set" in s)
+
+
+# --- the iptables backend (the ufw backend loads the same chains from ufw's files) ---
+XT_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  vars_files: [DEFAULTS]
+  tasks:
+    - ansible.builtin.template: {src: TDIR/inbound-dos.ipset.j2, dest: DEST.ipset, mode: "0600"}
+    - ansible.builtin.template: {src: TDIR/inbound.iptables.j2, dest: "DEST.ip{{ item }}", mode: "0600"}
+      vars:   # task vars: above the defaults of vars_files
+        firewall_inbound_dos_mode: MODE
+        firewall_inbound_dos_net_rate_per_minute: NETRATE
+        firewall_chain: TOREXIT-INPUT
+        firewall_dos_chain: TOREXIT-DOS
+        firewall_family: "{{ item }}"
+      loop: [4, 6]
+"""
+XT_SETS = {"relays_v4": "torexit_in_relays_v4", "relays_v6": "torexit_in_relays_v6",
+           "dos_blocked_v4": "torexit_in_blocked_v4", "dos_blocked_v6": "torexit_in_blocked_v6"}
+
+
+def render_xt(tmp_dir, mode, net_rate=0):
+    """The role's inbound.iptables.j2 (both families) and inbound-dos.ipset.j2 with its defaults:
+    {"ipset": path, 4: path, 6: path}."""
+    dest = os.path.join(str(tmp_dir), "inbound-%s-%d" % (mode, net_rate))
+    book = os.path.join(str(tmp_dir), "render-xt-%s-%d.yml" % (mode, net_rate))
+    text = (XT_PLAYBOOK.replace("DEFAULTS", os.path.join(TOP, "roles/firewall/defaults/main.yml"))
+            .replace("TDIR", os.path.join(TOP, "roles/firewall/templates")).replace("DEST", dest)
+            .replace("MODE", mode).replace("NETRATE", str(int(net_rate))))
+    with open(book, "w") as f:
+        f.write(text)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    proc = subprocess.run([os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-c", "local", book],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("rendering inbound.iptables.j2 (mode %s) failed:\n%s" % (mode, proc.stdout[-2000:]))
+    return {"ipset": dest + ".ipset", 4: dest + ".ip4", 6: dest + ".ip6"}
+
+
+def load_xt(lab, files):
+    """What torexit-inbound-iptables.service does: the sets, both families' chains, the hook."""
+    lab.ns(lab.relay, "ipset", "-exist", "restore", "-file", files["ipset"])
+    for fam, cmd in ((4, "iptables"), (6, "ip6tables")):
+        lab.ns(lab.relay, cmd + "-restore", "--noflush", files[fam])
+        lab.ns(lab.relay, cmd, "-I", "INPUT", "1", "-j", "TOREXIT-INPUT")
+
+
+def load_relays_xt(lab, tmp_dir, consensus_text):
+    """The guard's relay refresh script for ipsets (fills torexit_in_relays_v4/_v6) on a consensus file."""
+    consensus = os.path.join(str(tmp_dir), "cached-microdesc-consensus")
+    with open(consensus, "w") as f:
+        f.write(consensus_text)
+    sys.path.insert(0, os.path.join(TOP, ".cache", "collections"))
+    from ansible_collections.torexit.hardening.plugins.module_utils import guard_xtables  # pylint: disable=import-outside-toplevel
+    script = os.path.join(str(tmp_dir), "relays-ipset.sh")
+    with open(script, "w") as f:
+        f.write(guard_xtables.relays_script())
+    lab.ns(lab.relay, "sh", script, consensus)
+
+
+def counters_xt(lab):
+    """{counter name: packets} of the rules tagged `torexit.hardening inbound_dos NAME`, both families."""
+    out = {}
+    for cmd in ("iptables-save", "ip6tables-save"):
+        for line in lab.ns(lab.relay, cmd, "-c", "-t", "filter").stdout.splitlines():
+            m = re.match(r'^\[(\d+):\d+\] .*--comment "?torexit\.hardening inbound_dos (\w+)', line)
+            if m:
+                out[m.group(2)] = out.get(m.group(2), 0) + int(m.group(1))
+    return out
+
+
+def set_size_xt(lab, name):
+    text = lab.ns(lab.relay, "ipset", "list", "-t", XT_SETS[name]).stdout
+    m = re.search(r"^Number of entries: (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0

@@ -1,17 +1,21 @@
-"""Issue 18: the firewall role's ORPort DoS rules (nftables) in a namespace lab.
+"""Issue 18: the firewall role's ORPort DoS rules in a namespace lab, on the
+nftables backend and on the iptables backend (whose chains and ipsets the ufw
+backend loads too, from ufw's files).
 
-The role's own template is rendered (with its defaults) and loaded in the relay
+The role's own templates are rendered (with its defaults) and loaded in the relay
 namespace; a listener on the ORPort holds every connection it accepts. From the
 "internet" namespace, which owns 198.18.0.0/15 and 2001:db8:1::/48, come: a flood
 from a few heavy IPv4 sources and from many addresses of one IPv6 /64, ordinary
 clients, and a relay of tor's consensus (put into the exemption set by the guard's
-relay refresh script, as on a real host). Bounded: a few hundred connects, < 60 s.
+relay refresh script, as on a real host), and many light sources of one IPv4 /24
+and one IPv6 /48. Bounded: a few hundred connects, < 60 s per test.
 """
 import json
 import sys
 import textwrap
 
-from inbound_lab import counters, load_relays, render, set_size, static_neighbours, wait_listening
+import inbound_lab as IL
+import pytest
 from netlab import V4_LINK, V6_LINK
 
 ORPORT = 9001
@@ -77,15 +81,50 @@ def run_clients(lab, spec):
     return json.loads(proc.stdout)
 
 
-def setup_relay(lab, tmp_path, mode):
-    lab.ns(lab.relay, "nft", "-f", str(render(tmp_path, mode)))
+CONSENSUS = ("network-status-version 3 microdesc\n"
+             "r relay1 AAAA 2026-11-23 12:00:00 198.18.50.1 9001 0\n"
+             "a [2001:db8:1:50::1]:9001\n")
+
+
+class Nftables:
+    """Table inet torexit_inbound, relays filled by the guard's nftables relay refresh."""
+    counters, set_size = staticmethod(IL.counters), staticmethod(IL.set_size)
+
+    @staticmethod
+    def load(lab, tmp_path, mode, net_rate=0):
+        lab.ns(lab.relay, "nft", "-f", str(IL.render(tmp_path, mode, net_rate)))
+        IL.load_relays(lab, tmp_path, CONSENSUS)
+
+    @staticmethod
+    def ruleset(lab):
+        return lab.ns(lab.relay, "nft", "list", "table", "inet", "torexit_inbound").stdout
+
+
+class Iptables:
+    """Chains TOREXIT-INPUT/TOREXIT-DOS*, ipsets torexit_in_*, relays by the guard's ipset relay refresh."""
+    counters, set_size = staticmethod(IL.counters_xt), staticmethod(IL.set_size_xt)
+
+    @staticmethod
+    def load(lab, tmp_path, mode, net_rate=0):
+        IL.load_xt(lab, IL.render_xt(tmp_path, mode, net_rate))
+        IL.load_relays_xt(lab, tmp_path, CONSENSUS)
+
+    @staticmethod
+    def ruleset(lab):
+        return "".join(lab.ns(lab.relay, cmd, "-t", "filter").stdout for cmd in ("iptables-save", "ip6tables-save"))
+
+
+@pytest.fixture(params=[Nftables, Iptables], ids=["nftables", "iptables"])
+def backend(request):
+    return request.param
+
+
+def setup_relay(lab, tmp_path, mode, backend, net_rate=0):
     # The relay must answer the internet's 2001:db8:1::/48 and 198.18.0.0/15 (routes exist).
-    load_relays(lab, tmp_path, "network-status-version 3 microdesc\n"
-                "r relay1 AAAA 2026-11-23 12:00:00 198.18.50.1 9001 0\n"
-                "a [2001:db8:1:50::1]:9001\n")
+    backend.load(lab, tmp_path, mode, net_rate)
     lab.spawn(lab.relay, sys.executable, "-c", SERVER, str(ORPORT))
-    static_neighbours(lab)
-    wait_listening(lab, ORPORT)
+    IL.static_neighbours(lab)
+    IL.wait_listening(lab, ORPORT)
 
 
 def flood_spec():
@@ -102,11 +141,11 @@ def flood_spec():
     }
 
 
-def test_flood_is_limited_relays_and_clients_pass(lab, tmp_path):
-    setup_relay(lab, tmp_path, "enforce")
-    assert "198.18.50.1" in lab.ns(lab.relay, "nft", "list", "set", "inet", "torexit_inbound", "relays_v4").stdout
+def test_flood_is_limited_relays_and_clients_pass(lab, tmp_path, backend):
+    setup_relay(lab, tmp_path, "enforce", backend)
+    assert backend.set_size(lab, "relays_v4") == 1 and backend.set_size(lab, "relays_v6") == 1
     out = run_clients(lab, flood_spec())
-    hits = counters(lab)
+    hits = backend.counters(lab)
     # A source gets at most max_concurrent (9) connections, then it is blocked.
     assert out["heavy_v4"]["ok"] <= 4 * 9, out
     assert out["heavy_v6_64"]["ok"] <= 9, out        # the /64 counts as one source
@@ -114,17 +153,35 @@ def test_flood_is_limited_relays_and_clients_pass(lab, tmp_path):
     assert out["relay"] == {"ok": 60, "failed": 0}, out
     assert hits["dos_concurrency_hits"] + hits["dos_rate_hits"] >= 5, hits
     assert hits["dos_blocked_hits"] > 0, hits
-    assert set_size(lab, "dos_blocked_v4") == 4 and set_size(lab, "dos_blocked_v6") == 1
+    assert backend.set_size(lab, "dos_blocked_v4") == 4 and backend.set_size(lab, "dos_blocked_v6") == 1
     # Nothing logged: the ruleset has no log statement.
-    assert " log" not in lab.ns(lab.relay, "nft", "list", "table", "inet", "torexit_inbound").stdout
+    assert " log" not in backend.ruleset(lab).lower()
 
 
-def test_monitor_mode_counts_but_drops_nothing(lab, tmp_path):
-    setup_relay(lab, tmp_path, "monitor")
+def test_light_sources_of_one_network_are_throttled_not_blocked(lab, tmp_path, backend):
+    """150 IPv4 sources of one /24 and 150 IPv6 /64s of one /48, one connect each: every
+    source is far below its own limits, their network is not (the opt-in per-network rate:
+    60/min, burst 60)."""
+    setup_relay(lab, tmp_path, "enforce", backend, net_rate=60)
+    out = run_clients(lab, {
+        "light_v4": [["198.18.30.%d" % i, 1, True] for i in range(1, 151)],
+        "light_v6": [["2001:db8:1:%x::1" % (0x1000 + i), 1, True] for i in range(150)],
+        "clients": [["198.18.20.%d" % i, 2, False] for i in range(1, 21)],
+    })
+    hits = backend.counters(lab)
+    assert out["light_v4"]["ok"] <= 110 and out["light_v6"]["ok"] <= 110, out
+    assert out["clients"] == {"ok": 40, "failed": 0}, out
+    assert hits["dos_net_rate_hits"] >= 80, hits
+    # the per-network limit blocks nobody
+    assert backend.set_size(lab, "dos_blocked_v4") == 0 and backend.set_size(lab, "dos_blocked_v6") == 0
+
+
+def test_monitor_mode_counts_but_drops_nothing(lab, tmp_path, backend):
+    setup_relay(lab, tmp_path, "monitor", backend)
     spec = flood_spec()
     out = run_clients(lab, {"heavy_v4": spec["heavy_v4"], "clients": spec["clients"]})
-    hits = counters(lab)
+    hits = backend.counters(lab)
     assert out["heavy_v4"] == {"ok": 160, "failed": 0}, out
     assert out["clients"] == {"ok": 60, "failed": 0}, out
     assert hits["dos_concurrency_hits"] + hits["dos_rate_hits"] > 0, hits
-    assert set_size(lab, "dos_blocked_v4") == 4
+    assert backend.set_size(lab, "dos_blocked_v4") == 4

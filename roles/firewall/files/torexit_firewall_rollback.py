@@ -47,7 +47,8 @@ etc/torexit/egress-guard.nft etc/torexit/egress-guard.ipset etc/torexit/egress-g
 etc/torexit/egress-guard.iptables etc/torexit/egress-guard.ip6tables
 etc/systemd/system/torexit-inbound.service etc/systemd/system/torexit-inbound-iptables.service
 etc/systemd/system/torexit-egress-guard.service etc/systemd/system/torexit-egress-guard-iptables.service
-etc/systemd/system/torexit-egress-guard-ufw-ipsets.service""".split()
+etc/systemd/system/torexit-egress-guard-ufw-ipsets.service
+etc/torexit/inbound-dos.ipset etc/systemd/system/torexit-inbound-ufw-ipsets.service""".split()
 # nftables table -> its rule file (restored from the saved files first)
 TABLES = {"torexit_inbound": "/etc/torexit/inbound.nft", "torexit_guard": "/etc/torexit/egress-guard.nft"}
 CARRY_TABLES = ("torexit_guard",)   # dynamic elements carried into the restored table
@@ -236,7 +237,7 @@ def ipset_parse(text):
 
 
 def ipset_dynamic(name, create):
-    return " timeout " in create + " " or name.startswith(IPSET_PREFIX + "relays_")
+    return " timeout " in create + " " or name.startswith((IPSET_PREFIX + "relays_", IPSET_PREFIX + "in_relays_"))
 
 
 def ipset_definitions(text):

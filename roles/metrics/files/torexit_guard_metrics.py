@@ -25,9 +25,12 @@ The names (docs/guard-sets.md, COUNTERS of plugins/module_utils/guard_nftables.p
 chain and set names of guard_iptables.py and guard_ufw.py) are checked against
 the collection by tests/unit/roles/test_metrics.py.
 
-Also, when the firewall role's ORPort DoS rules are loaded (nftables table
-`inet torexit_inbound`, issue 18): their hit counters and how many sources each
-per-source set holds, counted over netlink like the guard's (never decoded).
+Also, when the firewall role's ORPort DoS rules are loaded (issue 18): their hit
+counters and how many sources each per-source set holds. nftables (table `inet
+torexit_inbound`): counted over netlink like the guard's (never decoded);
+iptables/ufw (chains `TOREXIT-DOS*` / `TOREXIT-UFW-DOS*`, ipsets `torexit_in_*`):
+the packet counters of the rules tagged `torexit.hardening inbound_dos NAME` and
+`ipset list -t` of the block sets.
 
 The file is written to a temporary name in the same directory and renamed, so
 the collector never reads half a file.
@@ -74,8 +77,13 @@ SAVE_COMMANDS = ("iptables-save", "ip6tables-save")
 
 # The firewall role's ORPort DoS rules (roles/firewall/templates/inbound.nft.j2)
 INBOUND_TABLE = "torexit_inbound"
-INBOUND_HITS = {"dos_blocked_hits": "blocked", "dos_concurrency_hits": "concurrency", "dos_rate_hits": "rate"}
-INBOUND_SETS = ("dos_blocked_v4", "dos_blocked_v6", "dos_conn_v4", "dos_conn_v6", "dos_rate_v4", "dos_rate_v6")
+INBOUND_HITS = {"dos_blocked_hits": "blocked", "dos_concurrency_hits": "concurrency", "dos_rate_hits": "rate",
+                "dos_net_rate_hits": "network_rate"}
+INBOUND_SETS = ("dos_blocked_v4", "dos_blocked_v6", "dos_conn_v4", "dos_conn_v6", "dos_rate_v4", "dos_rate_v6",
+                "dos_net_v4", "dos_net_v6")
+# the same rules on iptables/ufw (roles/firewall/templates/dos.rules.j2, inbound-dos.ipset.j2)
+INBOUND_XT_RULE = re.compile(r'^\[(\d+):\d+\] -A \S+ .*--comment "?torexit\.hardening inbound_dos (\w+)')
+INBOUND_XT_SET_PREFIX = "in_"
 
 HELP = {
     "torexit_guard_up": "1 when the egress guard is loaded (any backend), else 0.",
@@ -95,7 +103,7 @@ HELP = {
     "torexit_guard_set_fill_ratio": "Elements of a bounded kernel set divided by its maximum size; at 1 the set "
                                     "takes no new elements.",
     "torexit_inbound_dos_hits_total": "New ORPort/DirPort connections that hit a DoS limit (label limit: "
-                                      "concurrency, rate, or blocked - from a blocked source); dropped in "
+                                      "concurrency, rate, network_rate - the per-network rate, or blocked - from a blocked source); dropped in "
                                       "enforce mode, only counted in monitor mode.",
     "torexit_inbound_dos_blocked_sources": "Sources (IPv4 addresses, IPv6 /64s) blocked on the ORPorts/DirPorts now.",
     "torexit_inbound_dos_set_fill_ratio": "Elements of a per-source DoS set divided by its maximum size.",
@@ -374,7 +382,8 @@ def parse_ipsets(text):
         if line.startswith("Name: "):
             full = line[6:].strip()
             short = full[len(IPSET_PREFIX):] if full.startswith(IPSET_PREFIX) else ""
-            name = short if SET_NAME_RE.match(short) else None
+            # the firewall role's inbound sets (torexit_in_*) are read by read_inbound_xt
+            name = short if SET_NAME_RE.match(short) and not short.startswith(INBOUND_XT_SET_PREFIX) else None
             if name:
                 sets[name] = [0, None]
         elif name is None:
@@ -432,6 +441,28 @@ def read_inbound(run=run_command, netlink=Netlink, nft="nft"):
         return None
     return {"hits": {limit: counters[name] for name, limit in INBOUND_HITS.items() if name in counters},
             "sets": sets}
+
+
+def read_inbound_xt(run=run_command):
+    """read_inbound()'s result for the iptables/ufw backends, or None when no tagged rule is loaded."""
+    hits, found = dict((limit, 0) for limit in INBOUND_HITS.values()), False
+    for cmd in SAVE_COMMANDS:
+        rc, out, _err = run([cmd, "-c", "-t", "filter"])
+        for m in map(INBOUND_XT_RULE.match, out.splitlines() if rc == 0 else []):
+            if m and m.group(2) in INBOUND_HITS:
+                hits[INBOUND_HITS[m.group(2)]] += int(m.group(1))
+                found = True
+    if not found:
+        return None
+    rc, out, _err = run(["ipset", "list", "-t"])
+    sets = {}
+    for line in (out if rc == 0 else "").split("\n\n"):
+        name = re.search(r"^Name: %sin_(blocked_v[46])$" % IPSET_PREFIX, line, re.M)
+        count = re.search(r"^Number of entries: (\d+)$", line, re.M)
+        size = re.search(r"^Header: .*\bmaxelem (\d+)", line, re.M)
+        if name and count:
+            sets["dos_" + name.group(1)] = (int(count.group(1)), int(size.group(1)) if size else None)
+    return {"hits": hits, "sets": sets}
 
 
 def read_state(run=run_command, netlink=Netlink, nft="nft"):
@@ -539,7 +570,7 @@ def main(argv=None, run=run_command, netlink=Netlink):
     except (ReadError, OSError, ValueError) as exc:
         print("torexit_guard_metrics: %s" % exc, file=sys.stderr)
         return 1
-    inbound = read_inbound(run, netlink, args.nft)
+    inbound = read_inbound(run, netlink, args.nft) or read_inbound_xt(run)
     write_atomic(args.output, render(state, now=time.time(), took=time.monotonic() - start, inbound=inbound))
     return 0
 

@@ -485,3 +485,30 @@ def test_no_inbound_dos_rules_means_no_inbound_samples(tmp_path):
         run = fake_run({NFT_SETS: NO_TABLE, NFT_INBOUND_SETS: inbound})
         assert metrics.main(["--output", str(out)], run, lambda: FakeInboundLink({}, {})) == 0
         assert "torexit_inbound" not in out.read_text()
+
+
+def test_inbound_dos_on_iptables_and_ufw_from_tagged_rules_and_ipsets(tmp_path):
+    tag = ' -m comment --comment "torexit.hardening inbound_dos %s" -j TOREXIT-DOS-VERDICT'
+    save4 = "\n".join(["*filter", ":TOREXIT-DOS - [0:0]",
+                       "[120:7200] -A TOREXIT-DOS -m set --match-set torexit_in_blocked_v4 src" + tag % "dos_blocked_hits",
+                       "[30:1800] -A TOREXIT-DOS -m hashlimit --hashlimit-above 60/min" + tag % "dos_net_rate_hits",
+                       "[4:240] -A TOREXIT-DOS -m connlimit --connlimit-above 9" + tag % "dos_concurrency_hits",
+                       "[9:9] -A TOREXIT-INPUT -p tcp --dport 22 -j ACCEPT", "COMMIT", ""])
+    save6 = save4.replace("TOREXIT-DOS", "TOREXIT-UFW-DOS").replace("[120:", "[3:").replace("[30:", "[2:")
+    ipsets = ("Name: torexit_in_blocked_v4\nType: hash:ip\nHeader: family inet hashsize 1024 maxelem 65536 "
+              "timeout 86400\nNumber of entries: 5\n\nName: torexit_in_relays_v4\nType: hash:ip\n"
+              "Header: family inet maxelem 65536\nNumber of entries: 4000\n")
+    run = fake_run({NFT_SETS: NO_TABLE, NFT_INBOUND_SETS: NO_TABLE, SAVE4: (0, save4, ""), SAVE6: (0, save6, ""),
+                    IPSET_T: (0, ipsets, "")})
+    out = tmp_path / "torexit_guard.prom"
+    assert metrics.main(["--output", str(out)], run, lambda: FakeInboundLink({}, {})) == 0
+    s = samples(out.read_text())
+    assert s[("torexit_inbound_dos_hits_total", '{limit="blocked"}')] == 123
+    assert s[("torexit_inbound_dos_hits_total", '{limit="network_rate"}')] == 32
+    assert s[("torexit_inbound_dos_hits_total", '{limit="concurrency"}')] == 8
+    assert s[("torexit_inbound_dos_hits_total", '{limit="rate"}')] == 0
+    assert s[("torexit_inbound_dos_blocked_sources", '{family="v4"}')] == 5
+    assert s[("torexit_inbound_dos_set_fill_ratio", '{set="dos_blocked_v4"}')] == pytest.approx(5 / 65536)
+    assert s[("torexit_guard_up", "")] == 0
+    # the guard's ipset reading leaves the inbound sets alone
+    assert metrics.parse_ipsets(ipsets) == {}

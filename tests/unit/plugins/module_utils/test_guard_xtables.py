@@ -151,6 +151,20 @@ def test_read_state_sums_counters_and_translates_ban_keys():
     assert state["sets"] == {"ban_hscan_v4_16": {"elements": 1, "size": 262144}}
 
 
+def test_the_firewall_roles_inbound_sets_are_never_the_guards():
+    """torexit_in_* (the ORPort DoS rules) share the prefix: the guard neither lists
+    them nor takes them for stale sets to destroy."""
+    ipset_list = ("Name: torexit_relays_v4\nType: hash:ip\nHeader: family inet maxelem 65536\nMembers:\n\n"
+                  "Name: torexit_in_relays_v4\nType: hash:ip\nHeader: family inet maxelem 65536\nMembers:\n"
+                  "198.18.0.1\n\nName: torexit_in_blocked_v6\nType: hash:ip\n"
+                  "Header: family inet6 maxelem 65536 netmask 64 timeout 86400\nMembers:\n\n"
+                  "Name: torexit_tmp_in_relays_v6\nType: hash:ip\nHeader: family inet6 maxelem 65536\nMembers:\n")
+    live = gi.list_sets(lambda args, data=None: (0, ipset_list, ""))
+    assert sorted(live) == ["torexit_relays_v4"]
+    p, _d = policy()
+    assert gi.stale_sets(p, live) == []
+
+
 def test_ipset_script_creates_swaps_and_carries_bans_over():
     p, _d = policy(allow=["198.51.100.0/28"])
     assert gi.ipset_script(p, {})[0].startswith("create torexit_strict_ports bitmap:port")
