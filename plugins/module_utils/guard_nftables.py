@@ -108,7 +108,8 @@ def _step(p, verdict, step, fam):
     if name == "owner":
         return ['meta skuid != "%s" return' % p["owner"]] if p["owner"] != "any" else []
     if name == "loopback":
-        return ['oifname "lo" return']
+        # the interface index, not the name: no string copy per packet (lo never goes away)
+        return ['oif "lo" return']
     if name == "guarded":
         return ["counter name %s" % step.counter]
     if name == "detect":

@@ -21,7 +21,7 @@ def test_rate_keeps_integer_numerators(count, window, expected):
 # of the renderers, so a renderer that reorders or adds rules fails this test.
 NFT_MARKS = {
     "protocol": "meta l4proto != tcp return", "ct_new": "ct state != new", "owner": "meta skuid",
-    "loopback": 'oifname "lo"', "guarded": "counter name guarded_new", "allow": "@allow_",
+    "loopback": 'oif "lo"', "guarded": "counter name guarded_new", "allow": "@allow_",
     "relays": "@relays_", "deny": "@deny_v", "deny_port": "@deny_port_", "optout": "@optout_",
     "bans": "@ban_", "detect": "goto detect_",
 }

@@ -38,7 +38,7 @@ def test_owner_and_loopback_are_excluded_first():
     chain = text.split("chain output {", 1)[1].split("}", 1)[0].strip().splitlines()
     rules = [r.strip() for r in chain]
     assert rules[1:5] == ["ct state != new return", "meta l4proto != tcp return",
-                          'meta skuid != "debian-tor" return', 'oifname "lo" return']
+                          'meta skuid != "debian-tor" return', 'oif "lo" return']
     _p, anyone = render(owner="any")
     assert "skuid" not in anyone
 
