@@ -30,8 +30,8 @@ class Step(NamedTuple):
 # The order every renderer walks (guard_nftables.render, guard_xtables.rules); a unit
 # test checks each backend's golden output against it.
 DECISION_ORDER = (
+    Step("ct_new", "skip", False, None),            # not a new connection: untouched (most packets leave here)
     Step("protocol", "skip", False, None),          # not TCP: untouched
-    Step("ct_new", "skip", False, None),            # not a new connection: untouched
     Step("owner", "skip", False, None),             # another user's connection: untouched
     Step("loopback", "skip", False, None),          # to loopback: untouched
     Step("guarded", "count", False, "guarded_new"),
@@ -180,6 +180,25 @@ def walk(render_step, families=True):
                 lines += render_step(s, fam)
         i += len(stage)
     return lines
+
+
+def split_walk(render_step):
+    """For a renderer that dispatches on the family once (nftables: a verdict map on
+    the family): the lines of the steps before the first per-family step, which
+    `render_step(step, None)` writes for both families, and for each family the
+    lines of that step and of every step after it, `render_step(step, family)`
+    (the last steps, such as `detect`, once per family). Same order as walk()."""
+    first = next(i for i, step in enumerate(DECISION_ORDER) if step.per_family)
+    shared = []
+    for step in DECISION_ORDER[:first]:
+        shared += render_step(step, None)
+    per_family = {}
+    for fam in FAMILIES:
+        lines = []
+        for step in DECISION_ORDER[first:]:
+            lines += render_step(step, fam)
+        per_family[fam.name] = lines
+    return shared, per_family
 
 
 _ADDRESS = re.compile(r"(?<![\w:.])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7})"

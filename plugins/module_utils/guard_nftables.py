@@ -4,8 +4,10 @@
 """nftables backend of the egress guard.
 
 `render()` turns a policy (see guard_policy) into one ruleset file for the table
-`inet torexit_guard`; its `output` chain is the one place where the fate of a
-new outbound connection is decided. The file replaces the table atomically
+`inet torexit_guard`; its `output` chain and the family chains it hands each
+packet to (`guard_v4`, `guard_v6`, one verdict-map lookup) are the one place
+where the fate of a new outbound connection is decided, in the order of
+guard_common.DECISION_ORDER. The file replaces the table atomically
 (`nft -f`), so other tables (ufw, iptables-nft, Docker) are never touched.
 """
 
@@ -79,8 +81,25 @@ def _elements(items):
     return " elements = { %s }" % ", ".join(items) if items else ""
 
 
+def _static(p, name, fam):
+    """False for a list rendered from the policy that holds nothing for this family
+    (allow, deny, deny_port; relays when the relay allowlist is off): its set stays
+    empty, so its rule is not written (a lookup fewer per new connection)."""
+    ver = 4 if fam.name == "v4" else 6
+    if name == "allow":
+        return bool(p["allow_" + fam.name])
+    if name == "deny":
+        return any(d["version"] == ver and not d["ports"] for d in p["deny"])
+    if name == "deny_port":
+        return any(d["version"] == ver and d["ports"] for d in p["deny"])
+    if name == "relays":
+        return p["relay_allowlist"]
+    return True
+
+
 def _step(p, verdict, step, fam):
-    """The rules of one step of guard_common.DECISION_ORDER (for one family)."""
+    """The rules of one step of guard_common.DECISION_ORDER: the first steps in the
+    output chain (fam None), the others in the chain of one family (guard_v4, guard_v6)."""
     name = step.name
     if name == "protocol":
         return ["meta l4proto != tcp return"]
@@ -89,11 +108,14 @@ def _step(p, verdict, step, fam):
     if name == "owner":
         return ['meta skuid != "%s" return' % p["owner"]] if p["owner"] != "any" else []
     if name == "loopback":
-        return ['oifname "lo" return']
+        # the interface index, not the name: no string copy per packet (lo never goes away)
+        return ['oif "lo" return']
     if name == "guarded":
         return ["counter name %s" % step.counter]
     if name == "detect":
-        return ["jump detect"]
+        return ["goto detect_%s" % fam.name]
+    if not _static(p, name, fam):
+        return []
     expr = EXPR[fam.name]
     if name in ("allow", "relays"):
         return ["%s @%s_%s counter name %s return" % (expr, name, fam.name, step.counter)]
@@ -107,6 +129,14 @@ def _step(p, verdict, step, fam):
     raise ValueError("no nftables rule for step %r" % name)
 
 
+def _tier_map(p, fam):
+    """One verdict-map lookup sends a first contact to its port tier's chain (strict,
+    web); other ports go on to the default tier."""
+    items = ["%d : goto hscan_strict_%s" % (port, fam) for port in p["strict_ports"]]
+    items += ["%d : goto hscan_web_%s" % (port, fam) for port in p["web_ports"]]
+    return ["tcp dport vmap { %s }" % ", ".join(items)] if items else []
+
+
 def render(policy, digest):
     """The whole ruleset file. Loading it replaces the table in one transaction."""
     p = policy
@@ -115,7 +145,7 @@ def render(policy, digest):
     size = p["set_size"]
     window = p["scan_window"]
     fl, hs = p["flood"], p["horizontal_scan"]
-    tiers = (("strict", "tcp dport @strict_ports "), ("web", "tcp dport @web_ports "), ("default", ""))
+    tiers = ("strict", "web", "default")
     lg, ws = p["login"], p["wide_scan"]
     psweep_on = any(p["prefix_sweep"]["burst"])
     fams = dict((f.name, f) for f in common.FAMILIES)
@@ -153,7 +183,7 @@ def render(policy, digest):
         dyn = "size %d; flags dynamic, timeout;" % size
         add("\tset seen_%s { type %s . inet_service; %s timeout %ds; }" % (fam, typ, dyn, window))
         add("\tset vscan_%s { type %s; %s timeout %ds; }" % (fam, typ, dyn, window))
-        for tier, _match in tiers:
+        for tier in tiers:
             for length in hs["prefixes_" + fam]:
                 add("\tset hscan_%s_%s_%d { type %s . inet_service; %s timeout %ds; }"
                     % (tier, fam, length, typ, dyn, window))
@@ -175,33 +205,40 @@ def render(policy, digest):
         add("\tset %s { type %s; size %d; flags dynamic, timeout; timeout %ds; }" % (name, typ, size, ban_time))
     add("")
 
-    # The chain where every new outbound connection's fate is decided.
+    # The chains where every new outbound connection's fate is decided, in the
+    # decision order: the shared steps (most packets leave at the first rule), then
+    # one verdict-map lookup on the family, then that family's steps only.
+    shared, per_family = common.split_walk(lambda step, fam: _step(p, verdict, step, fam))
     add("\tchain output {")
     add("\t\ttype filter hook output priority filter; policy accept;")
-    L += ["\t\t" + rule for rule in common.walk(lambda step, fam: _step(p, verdict, step, fam))]
+    L += ["\t\t" + rule for rule in shared]
+    add("\t\tmeta nfproto vmap { %s }" % ", ".join(
+        "ipv%d : goto guard_%s" % (f.version, f.name) for f in common.FAMILIES))
     add("\t}")
+    for fam, _expr, _typ, _host in FAMILIES:
+        add("\tchain guard_%s {" % fam)
+        L += ["\t\t" + rule for rule in per_family[fam]]
+        add("\t}")
     if psweep_on:
         _render_failures(add, p)
-    add("")
-    add("\tchain detect {")
     contact = first = ""
     if psweep_on:
-        add("\t\t# the kernel retransmits a SYN (no answer yet): the first one was decided")
-        add("\t\tct mark & 0x%08x != 0 jump retransmit" % common.MARK_CONTACT)
         contact = " ct mark set ct mark | 0x%08x" % common.MARK_CONTACT
         first = " ct mark set ct mark | 0x%08x" % (common.MARK_CONTACT | common.MARK_FIRST)
-    add("\t\t# a first contact of a host and port can be a scan, a repeated one a flood")
     for fam, expr, _typ, _host in FAMILIES:
+        add("")
+        add("\tchain detect_%s {" % fam)
+        if psweep_on:
+            add("\t\t# the kernel retransmits a SYN (no answer yet): the first one was decided")
+            add("\t\tct mark & 0x%08x != 0 jump retransmit" % common.MARK_CONTACT)
+        add("\t\t# a first contact of a host and port can be a scan, a repeated one a flood")
         add("\t\t%s . tcp dport @seen_%s%s goto flood_%s" % (expr, fam, contact, fam))
-    for fam, expr, _typ, _host in FAMILIES:
         add("\t\tadd @seen_%s { %s . tcp dport }%s goto scan_%s" % (fam, expr, first, fam))
-    add("\t\t# reached only when a seen set is full: keep counting strict ports and floods")
-    add("\t\tcounter name seen_full%s" % contact)
-    for fam, _expr, _typ, _host in FAMILIES:
-        add("\t\tmeta nfproto ipv%s tcp dport @strict_ports goto scan_%s" % (fam[1], fam))
-    for fam, _expr, _typ, _host in FAMILIES:
-        add("\t\tmeta nfproto ipv%s goto flood_%s" % (fam[1], fam))
-    add("\t}")
+        add("\t\t# reached only when the seen set is full: keep counting strict ports and floods")
+        add("\t\tcounter name seen_full%s" % contact)
+        add("\t\ttcp dport @strict_ports goto scan_%s" % fam)
+        add("\t\tgoto flood_%s" % fam)
+        add("\t}")
     for fam, expr, _typ, _host in FAMILIES:
         add("")
         add("\tchain flood_%s {" % fam)
@@ -224,10 +261,10 @@ def render(policy, digest):
             add("\t\t# a prefix nobody received data from lately: first contacts there are limited")
             add("\t\t%s & %s != @confirm_%s jump psweep_%s"
                 % (expr, _mask(fam, p["prefix_sweep"]["prefixes_" + fam][0]), fam, fam))
-        for tier, match in tiers:
-            add("\t\t%sgoto hscan_%s_%s" % (match, tier, fam))
+        L += ["\t\t" + rule for rule in _tier_map(p, fam)]
+        add("\t\tgoto hscan_default_%s" % fam)
         add("\t}")
-        for tier, _match in tiers:
+        for tier in tiers:
             add("\tchain hscan_%s_%s {" % (tier, fam))
             for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
                 if hosts:

@@ -21,17 +21,19 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpustats  # noqa: E402
 import lab as L  # noqa: E402
 import variants as V  # noqa: E402
 
 TOP = V.TOP
 OUT = os.path.join(TOP, "results", "bench")
-CPU_ROUNDS = 9
+# CPU per connection: paired rounds (off and on, order alternating), connections
+# per timed batch, untimed connections before each batch
+CPU_ROUNDS, CPU_ROUNDS_QUICK, CPU_CONNS, CPU_WARMUP = 30, 4, 2000, 200
 
 
 # --- scenario building blocks --------------------------------------------------------
@@ -77,18 +79,25 @@ def measured(lab, spec, timeout, sweep_hosts=False):
 
 
 def sc_cpu(lab, v, q):
-    """A fixed workload of 2,000 new connections to distinct hosts, measured with
-    the guard off and on in turn, in paired rounds whose order alternates, so that
-    the noise of a shared machine hits both states alike. For the nftables guard a
-    third state also drops the relay's stateful inbound table, to show what
-    connection tracking alone costs (every column pays it; see lab.INBOUND_BASELINE)."""
-    job = {"name": "cpu", "kind": "cpu", "n": 2000, "reps": 1, "concurrency": 64, "timeout": 0.5, "duration": 10}
+    """A fixed workload of CPU_CONNS new connections to distinct hosts (every one a
+    first contact), measured with the guard off and on in turn, in CPU_ROUNDS
+    paired rounds whose order alternates (off, on / on, off), so that the noise of
+    a shared machine hits both states alike. One load generator process stays up
+    for all rounds (lab.Worker: no cold interpreter in any round) and makes
+    CPU_WARMUP untimed connections before each timed batch. For the nftables guard
+    a third state per round also drops the relay's stateful inbound table, to
+    show what connection tracking alone costs (every column pays it; see
+    lab.INBOUND_BASELINE)."""
+    job = {"name": "cpu", "kind": "cpu", "n": CPU_CONNS, "reps": 1, "warmup": CPU_WARMUP, "concurrency": 64,
+           "timeout": 0.5, "duration": 10}
     on, off = v.toggles(lab)
     bare = v.name == "guard"
     samples = {"on": [], "off": [], "bare": []}
     guard_on = True   # the variant is applied when the scenario starts
+    worker = lab.loadgen_worker("cpu")
     try:
-        for rnd in range(3 if q else CPU_ROUNDS):
+        worker.run({"jobs": [job]}, 60)  # not counted: the process's first round
+        for rnd in range(CPU_ROUNDS_QUICK if q else CPU_ROUNDS):
             order = ["off", "on"] if rnd % 2 == 0 else ["on", "off"]
             for state in order + (["bare"] if bare else []):
                 if guard_on != (state == "on"):
@@ -96,14 +105,26 @@ def sc_cpu(lab, v, q):
                     guard_on = state == "on"
                 if state == "bare":
                     lab.ns(lab.relay, "nft", "delete", "table", "inet", "txbench_inbound")
-                r = lab.loadgen("cpu", {"jobs": [dict(job, seed=10 * rnd)]}, 60)
+                try:
+                    r = worker.run({"jobs": [job]}, 60)
+                finally:
+                    if state == "bare":
+                        lab.ns(lab.relay, "nft", "-f", "-", inp=L.INBOUND_BASELINE)
                 samples[state].append(r["jobs"]["cpu"]["reps"][0])
-                if state == "bare":
-                    lab.ns(lab.relay, "nft", "-f", "-", inp=L.INBOUND_BASELINE)
     finally:
+        worker.close()
         if not guard_on:
             on(lab)  # leave the variant applied
-    return {"cpu": samples}
+    summary = cpustats.summary(samples)
+    med = summary["medians"]
+    print("  %s cpu: %s" % (v.name, cpustats.describe(summary)), flush=True)
+    for state in ("off", "on", "bare"):
+        if state in med:
+            print("  %s cpu %-4s medians per connection: process %.1f µs (kernel %.1f), machine busy %.1f µs "
+                  "(softirq %.1f, steal %.1f; all jobs of the machine), involuntary context switches %d per round"
+                  % (v.name, state, med[state]["proc_us"], med[state]["sys_us"], med[state]["machine_us"],
+                     med[state]["softirq_us"], med[state]["steal_us"], med[state]["nivcsw"]), flush=True)
+    return {"cpu": samples, "cpu_summary": summary}
 
 
 def sc_sweep(lab, v, q):
@@ -350,21 +371,12 @@ def _flood(r, n):
 
 def _cpu(r, n):
     """Median of the per-round ratios of process CPU (user + kernel) per connection,
-    guard on / guard off; the medians of both states beside it."""
+    guard on / guard off, with their spread (tests/bench/cpustats.py)."""
     s = g(r, "cpu", "cpu")
     if not s or not s.get("on") or not s.get("off"):
         return "n/a", None
-    rounds = len(s["on"])
-    ratio = statistics.median(a["proc_us"] / b["proc_us"] for a, b in zip(s["on"], s["off"]))
-
-    def med(state, key):
-        return statistics.median(x[key] for x in s[state])
-    txt = "%.2f× (median of %d paired rounds; per connection %.0f vs %.0f µs, kernel %.0f vs %.0f µs" % (
-        ratio, rounds, med("on", "proc_us"), med("off", "proc_us"), med("on", "sys_us"), med("off", "sys_us"))
-    if s.get("bare"):
-        ct = statistics.median(a["proc_us"] / b["proc_us"] for a, b in zip(s["off"], s["bare"]))
-        txt += "; conntrack alone, inbound firewall vs bare namespace: %.2f×" % ct
-    return txt + ")", ratio
+    summary = g(r, "cpu", "cpu_summary") or cpustats.summary(s)
+    return cpustats.describe(summary), summary["ratio"]["median"]
 
 
 def _state(r, n):
@@ -555,7 +567,8 @@ ROWS = [
     ("wide_fresh", "first SSH to 20 other hosts during that sweep, 0.5/s: success", "shown",
      _jobs_succ("wide", "fresh"), lambda x: True, False),
     ("cpu", "CPU per new connection, guard on vs off, same lab (stateful inbound firewall in both; guard-ufw: "
-     "ufw enabled in both), %d rounds × 2,000 connections to distinct hosts, load generator's CPU" % CPU_ROUNDS,
+     "ufw enabled in both), %d paired rounds × %s connections to distinct hosts (order alternating, one warm "
+     "load generator), its CPU (user + kernel)" % (CPU_ROUNDS, format(CPU_CONNS, ",")),
      "≤ 1.10×", _cpu,
      lambda x: x is not None and x <= 1.10, False),
     ("state", "200,000 new connections to distinct destinations: kernel memory (slab, whole machine), guard caps",

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import random
+import select
 import subprocess
 import sys
 import time
@@ -282,6 +283,10 @@ class Lab:
         """Run one load-generator process in the relay namespace; returns its JSON."""
         return json.loads(self.loadgen_start(scenario, params).communicate(timeout=timeout)[0])
 
+    def loadgen_worker(self, scenario):
+        """A load generator that stays up for many measurements (Worker)."""
+        return Worker(self, scenario)
+
     def loadgen_start(self, scenario, params):
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.relay, sys.executable, os.path.join(HERE, "loadgen.py"),
@@ -289,6 +294,32 @@ class Lab:
             stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         return proc
+
+
+class Worker:
+    """A load generator that stays up (`loadgen.py --serve`): one spec in, one
+    result out, the same warm process for every measurement."""
+
+    def __init__(self, lab, scenario):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.relay, sys.executable, os.path.join(HERE, "loadgen.py"), "--serve", scenario],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        lab.procs.append(self.proc)
+
+    def run(self, params, timeout):
+        self.proc.stdin.write(json.dumps(params) + "\n")
+        self.proc.stdin.flush()
+        ready, _w, _x = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            raise RuntimeError("load generator gave no result within %d s (rc %s)" % (timeout, self.proc.poll()))
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        stop_process(self.proc)
 
 
 def wait_all(procs, timeout):

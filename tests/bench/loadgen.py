@@ -1,5 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Load generator, run inside the relay namespace: `loadgen.py SCENARIO JSON`.
+"""Load generator, run inside the relay namespace: `loadgen.py SCENARIO JSON`, or
+`loadgen.py --serve SCENARIO` with one JSON spec a line on stdin (see serve()).
 
 JSON = {"jobs": [{"name": ..., "kind": ..., ...}, ...]}; the jobs run together
 in one event loop and the result (one JSON object, aggregate counts only, never
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
+import gc
 import ipaddress
 import json
 import os
@@ -99,7 +101,8 @@ def targets(spec, seed=1):
         return ((d, rnd.randrange(1024, 65536)) for d in dests)
     if t == "distinct":  # CPU workload: distinct hosts, listening high ports
         ports = lab.torrent_ports()
-        hosts = lab.hosts_of(lab.FILL_V4, spec["n"], seed)
+        skip = spec.get("skip", 0)  # the first `skip` hosts of the list belong to another batch
+        hosts = lab.hosts_of(lab.FILL_V4, skip + spec["n"], seed)[skip:]
         return ((h, rnd.choice(ports)) for h in hosts)
     raise ValueError("unknown target spec %r" % t)
 
@@ -292,30 +295,51 @@ async def workers(job, st):
 
 
 def proc_stat():
+    """Machine-wide CPU seconds from /proc/stat: busy (user nice system irq softirq
+    steal), softirq, steal."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     hz = os.sysconf("SC_CLK_TCK")
     busy = sum(v[:3]) + sum(v[5:8])  # user nice system irq softirq steal
-    return busy / hz, v[6] / hz
+    return busy / hz, v[6] / hz, v[7] / hz
 
 
 async def cpu(job, st):
-    """The same fixed workload `reps` times; CPU seconds of this process and of the
-    whole machine (softirq included) for each repetition."""
+    """The same fixed workload `reps` times, after `warmup` connections that are
+    not timed (a fresh interpreter's first connections cost more: imports, memory
+    pools, socket caches); for each repetition the CPU time of this process (user
+    and kernel, the kernel part including the softirq work that ran while this
+    process was on the CPU), the machine's busy, softirq and steal time (other
+    jobs of a shared machine included) and the involuntary context switches
+    (how often another task took the CPU: a measure of interference)."""
+    if job.get("warmup"):
+        # hosts of the list after the measured ones: every measured one stays a first contact
+        warm = dict(job, kind="cpu", seed=100, rate=1e9, duration=job["duration"],
+                    targets={"t": "distinct", "n": job["warmup"], "skip": job["n"]})
+        await paced(warm, Stats())
     reps = []
     for r in range(job.get("reps", 3)):
         sub = dict(job, kind="cpu", seed=100 + r, rate=1e9, duration=job["duration"],
                    targets={"t": "distinct", "n": job["n"]})
-        ru0, (busy0, sirq0), w0 = resource.getrusage(resource.RUSAGE_SELF), proc_stat(), time.monotonic()
+        # the interpreter's cycle collector runs when allocations add up, at a moment
+        # that differs from batch to batch: not during the timed batch
+        gc.collect()
+        gc.disable()
+        ru0, (busy0, sirq0, steal0), w0 = resource.getrusage(resource.RUSAGE_SELF), proc_stat(), time.monotonic()
         s = Stats()
-        await paced(sub, s)
-        ru1, (busy1, sirq1), w1 = resource.getrusage(resource.RUSAGE_SELF), proc_stat(), time.monotonic()
+        try:
+            await paced(sub, s)
+        finally:
+            ru1, (busy1, sirq1, steal1), w1 = resource.getrusage(resource.RUSAGE_SELF), proc_stat(), time.monotonic()
+            gc.enable()
         n = s.attempts or 1
         reps.append({"n": s.attempts, "ok": s.outcomes.get("ok", 0),
                      "proc_us": round(1e6 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / n, 1),
                      "sys_us": round(1e6 * (ru1.ru_stime - ru0.ru_stime) / n, 1),
                      "machine_us": round(1e6 * (busy1 - busy0) / n, 1),
                      "softirq_us": round(1e6 * (sirq1 - sirq0) / n, 1),
+                     "steal_us": round(1e6 * (steal1 - steal0) / n, 1),
+                     "nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
                      "wall_s": round(w1 - w0, 3)})
         for k, v in s.outcomes.items():
             st.outcomes[k] = st.outcomes.get(k, 0) + v
@@ -377,7 +401,20 @@ async def main(spec):
     return {"jobs": dict(done), "wall_s": round(time.monotonic() - t0, 3)}
 
 
+def serve(scenario):
+    """One spec a line on stdin, one result a line on stdout, until stdin closes:
+    a warm process for many short measurements (the CPU rounds), whose caller
+    changes the relay's rules between them."""
+    for line in sys.stdin:
+        out = asyncio.run(main(json.loads(line)))
+        out["scenario"] = scenario
+        print(json.dumps(out), flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--serve":
+        serve(sys.argv[2])
+        sys.exit(0)
     scenario, spec = sys.argv[1], json.loads(sys.argv[2])
     out = asyncio.run(main(spec))
     out["scenario"] = scenario

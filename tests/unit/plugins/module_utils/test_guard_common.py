@@ -21,9 +21,9 @@ def test_rate_keeps_integer_numerators(count, window, expected):
 # of the renderers, so a renderer that reorders or adds rules fails this test.
 NFT_MARKS = {
     "protocol": "meta l4proto != tcp return", "ct_new": "ct state != new", "owner": "meta skuid",
-    "loopback": 'oifname "lo"', "guarded": "counter name guarded_new", "allow": "@allow_",
+    "loopback": 'oif "lo"', "guarded": "counter name guarded_new", "allow": "@allow_",
     "relays": "@relays_", "deny": "@deny_v", "deny_port": "@deny_port_", "optout": "@optout_",
-    "bans": "@ban_", "detect": "jump detect",
+    "bans": "@ban_", "detect": "goto detect_",
 }
 XT_MARKS = {
     "protocol": "! -p tcp -j RETURN", "ct_new": "--ctstate NEW", "owner": "--uid-owner",
@@ -44,30 +44,45 @@ def steps_of(rules, marks):
     return out
 
 
-def assert_follows_order(steps, owner=True):
+def assert_follows_order(steps, owner=True, absent=()):
+    """In the decision order, and every step there but those allowed to be absent
+    (`owner` for owner=any; in nftables the rules of static lists that are empty)."""
     indices = [ORDER.index(s) for s in steps]
     assert indices == sorted(indices), steps
-    expected = [s for s in ORDER if owner or s != "owner"]
+    expected = [s for s in ORDER if (owner or s != "owner") and s not in absent]
     assert sorted(set(steps), key=ORDER.index) == expected
+
+
+def chain(text, name):
+    return [r.strip() for r in text.split("\tchain %s {\n" % name, 1)[1].split("\n\t}", 1)[0].splitlines()]
+
+
+# nftables: the static lists (allow, deny, deny_port) of a family without entries
+# have no rule (their sets stay empty); the goldens' policies
+NFT_EMPTY = {
+    "default": {"v4": ("allow", "deny", "deny_port"), "v6": ("allow", "deny", "deny_port")},
+    "large-drop": {"v4": ("allow", "deny", "deny_port"), "v6": ("allow", "deny", "deny_port")},
+    # allow 198.51.100.0/28, deny 203.0.113.0/24:22 and [2001:db8:dead::/48]
+    "monitor-any-lists": {"v4": ("deny",), "v6": ("allow", "deny_port")},
+}
 
 
 @pytest.mark.parametrize("name", ["default", "monitor-any-lists", "large-drop"])
 def test_nftables_output_chain_follows_the_decision_order(name):
+    """The output chain holds the shared steps and hands each family, with one
+    verdict-map lookup, to its own chain, which holds the rest of the order."""
     with open(os.path.join(GOLDEN, name + ".nft")) as f:
         text = f.read()
-    chain = text.split("\tchain output {\n", 1)[1].split("\n\t}", 1)[0].splitlines()[1:]
-    rules = [r.strip() for r in chain]
-
-    def family(rule):
-        return "v6" if "ip6 daddr" in rule else "v4" if "ip daddr" in rule else None
-
-    for fam in ("v4", "v6"):     # both families share one chain: each with the shared rules
-        mine = [r for r in rules if family(r) in (None, fam)]
-        assert_follows_order(steps_of(mine, NFT_MARKS), owner=name != "monitor-any-lists")
-    # and a stage of both families ends before the next stage begins
-    stages = [gc.DECISION_ORDER[ORDER.index(s)].stage for s in steps_of(rules, NFT_MARKS)]
-    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == \
-        list(dict.fromkeys(step.stage for step in gc.DECISION_ORDER))
+    output = chain(text, "output")[1:]
+    assert output[-1] == "meta nfproto vmap { ipv4 : goto guard_v4, ipv6 : goto guard_v6 }"
+    for fam in ("v4", "v6"):
+        mine = chain(text, "guard_" + fam)
+        other = "ip daddr" if fam == "v6" else "ip6 daddr"
+        assert not [r for r in mine if other in r]
+        assert_follows_order(steps_of(output[:-1] + mine, NFT_MARKS), owner=name != "monitor-any-lists",
+                             absent=NFT_EMPTY[name][fam])
+    # established and related packets (almost all of them) leave at the first rule
+    assert output[0] == "ct state != new return"
 
 
 @pytest.mark.parametrize("path", sorted(p for p in os.listdir(GOLDEN) if p.endswith((".iptables", ".ufw"))))
@@ -80,8 +95,17 @@ def test_iptables_and_ufw_entry_chains_follow_the_decision_order(path):
 
 def test_walk_writes_a_stage_family_by_family():
     seen = gc.walk(lambda step, fam: ["%s/%s" % (step.name, fam.name if fam else "-")])
-    assert seen[:5] == ["protocol/-", "ct_new/-", "owner/-", "loopback/-", "guarded/-"]
+    assert seen[:5] == ["ct_new/-", "protocol/-", "owner/-", "loopback/-", "guarded/-"]
     assert seen[5:9] == ["allow/v4", "relays/v4", "allow/v6", "relays/v6"]
     assert seen[9:15] == ["deny/v4", "deny_port/v4", "optout/v4", "deny/v6", "deny_port/v6", "optout/v6"]
     assert seen[15:] == ["bans/v4", "bans/v6", "detect/-"]
     assert gc.walk(lambda step, fam: [step.name], families=False) == ORDER
+
+
+def test_split_walk_writes_the_shared_steps_once_and_the_rest_per_family():
+    shared, per_family = gc.split_walk(lambda step, fam: ["%s/%s" % (step.name, fam.name if fam else "-")])
+    assert shared == ["ct_new/-", "protocol/-", "owner/-", "loopback/-", "guarded/-"]
+    for fam in ("v4", "v6"):
+        assert per_family[fam] == ["%s/%s" % (name, fam) for name in ORDER[5:]]
+    # the same steps in the same order as walk()
+    assert [x.split("/")[0] for x in shared + per_family["v4"]] == ORDER

@@ -37,18 +37,53 @@ def test_owner_and_loopback_are_excluded_first():
     _p, text = render()
     chain = text.split("chain output {", 1)[1].split("}", 1)[0].strip().splitlines()
     rules = [r.strip() for r in chain]
-    assert rules[1:5] == ["meta l4proto != tcp return", "ct state != new return",
-                          'meta skuid != "debian-tor" return', 'oifname "lo" return']
+    assert rules[1:5] == ["ct state != new return", "meta l4proto != tcp return",
+                          'meta skuid != "debian-tor" return', 'oif "lo" return']
     _p, anyone = render(owner="any")
     assert "skuid" not in anyone
 
 
 def test_every_ban_set_is_checked_before_detection():
-    p, text = render()
-    output = text.split("chain output {", 1)[1].split("chain detect", 1)[0]
-    for name, _typ, key, det, _ban in gn.ban_sets(p):
-        assert "%s @%s counter name blocked_%s reject with tcp reset" % (key, name, det) in output
-    assert output.index("@allow_v4") < output.index("@deny_v4") < output.index("@ban_") < output.index("jump detect")
+    p, text = render(allow=["198.51.100.0/28"], deny=["203.0.113.0/24"])
+    for fam in ("v4", "v6"):
+        guard = text.split("chain guard_%s {" % fam, 1)[1].split("\n\t}", 1)[0]
+        for name, _typ, key, det, _ban in gn.ban_sets(p):
+            if "_%s_" % fam in name:
+                assert "%s @%s counter name blocked_%s reject with tcp reset" % (key, name, det) in guard
+        assert guard.index("@relays_%s" % fam) < guard.index("@optout_%s" % fam) < guard.index("@ban_") \
+            < guard.index("goto detect_%s" % fam)
+    guard = text.split("chain guard_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert guard.index("@allow_v4") < guard.index("@deny_v4") < guard.index("@ban_")
+
+
+def test_each_family_gets_its_own_chain_and_empty_static_lists_no_rule():
+    """One verdict-map lookup on the family: an IPv4 connection never walks the
+    IPv6 rules. A static list without entries for a family (allow, deny, deny
+    ports; relays with the relay allowlist off) keeps its set but costs no lookup."""
+    _p, text = render()
+    output = text.split("chain output {", 1)[1].split("\n\t}", 1)[0]
+    assert output.strip().splitlines()[-1].strip() == "meta nfproto vmap { ipv4 : goto guard_v4, ipv6 : goto guard_v6 }"
+    assert "daddr" not in output
+    for word in ("@allow_", "@deny_"):
+        assert word not in text
+    assert "set allow_v4 {" in text and "set deny_port_v6 {" in text
+    _p, lists = render(allow=["2001:db8:1::/48"], deny=["203.0.113.0/24:22"], relay_allowlist=False)
+    v4 = lists.split("chain guard_v4 {", 1)[1].split("\n\t}", 1)[0]
+    v6 = lists.split("chain guard_v6 {", 1)[1].split("\n\t}", 1)[0]
+    assert "@deny_port_v4" in v4 and "@allow_v4" not in v4 and "@deny_v4" not in v4
+    assert "@allow_v6" in v6 and "@deny_" not in v6
+    assert "@relays_" not in lists
+
+
+def test_one_lookup_sends_a_first_contact_to_its_port_tier():
+    _p, text = render(strict_ports=[22, 3389], web_ports=[443])
+    scan = text.split("chain scan_v6 {", 1)[1].split("\n\t}", 1)[0].strip().splitlines()
+    assert scan[-2].strip() == ("tcp dport vmap { 22 : goto hscan_strict_v6, 3389 : goto hscan_strict_v6, "
+                                "443 : goto hscan_web_v6 }")
+    assert scan[-1].strip() == "goto hscan_default_v6"
+    _p, none = render(strict_ports=[], web_ports=[])
+    scan = none.split("chain scan_v4 {", 1)[1].split("\n\t}", 1)[0]
+    assert "vmap" not in scan and "goto hscan_default_v4" in scan
 
 
 def test_ban_set_names_follow_the_contract():
@@ -84,14 +119,15 @@ def test_first_contacts_feed_scans_and_repeats_feed_the_flood_detector():
     """A host and port seen before cannot be a scan's first contact, and a first
     contact cannot be a flood: each new connection pays for one detector only."""
     _p, text = render()
-    detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
+    detect = text.split("chain detect_v4 {", 1)[1].split("\n\t}", 1)[0]
     # (with the marks the prefix-sweep detector reads on replies: contact, first contact)
     assert "ip daddr . tcp dport @seen_v4 ct mark set ct mark | 0x40000000 goto flood_v4" in detect
     assert "add @seen_v4 { ip daddr . tcp dport } ct mark set ct mark | 0x60000000 goto scan_v4" in detect
     assert detect.index("@seen_v4 ct mark set ct mark | 0x40000000 goto flood_v4") < detect.index("add @seen_v4")
     # a full seen set still counts strict ports as scans and everything as floods
-    assert detect.index("counter name seen_full") < detect.index("@strict_ports goto scan_v4") \
-        < detect.index("meta nfproto ipv4 goto flood_v4")
+    assert detect.index("counter name seen_full") < detect.index("tcp dport @strict_ports goto scan_v4") \
+        < detect.index("\t\tgoto flood_v4")
+    assert "v6" not in detect
     flood = text.split("chain flood_v4 {", 1)[1].split("\n\t}", 1)[0]
     assert "add @flood_conc_v4 { ip daddr ct count over 24 }" in flood
     scans = text.split("chain scan_v4 {", 1)[1]
@@ -107,7 +143,7 @@ def test_repeated_logins_are_counted_on_repeats_of_strict_ports_and_ban_host_and
     assert "add @ban_login_v4_32 { ip daddr . tcp dport }" in hit
     assert "counter name detect_login reject with tcp reset" in hit
     # the meter never sees first contacts, so a sweep cannot fill it
-    detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
+    detect = text.split("chain detect_v4 {", 1)[1].split("\n\t}", 1)[0]
     assert "login" not in detect
     _p, monitor = render(mode="monitor")
     hit = monitor.split("chain login_hit_v4 {", 1)[1].split("\n\t}", 1)[0]
@@ -130,7 +166,7 @@ def test_prefix_sweep_limits_first_contacts_of_unconfirmed_prefixes_and_counts_f
     assert "ip saddr & 255.255.0.0 . tcp sport limit rate over 12/minute burst 96" in failed_in
     # a retransmitted SYN of a first contact counts as a failure, after the bans were checked
     # again; the output chain itself stays the decision order's
-    detect = text.split("chain detect {", 1)[1].split("\n\t}", 1)[0]
+    detect = text.split("chain detect_v4 {", 1)[1].split("\n\t}", 1)[0]
     assert detect.index("ct mark & 0x40000000 != 0 jump retransmit") < detect.index("@seen_v4")
     retransmit = text.split("chain retransmit {", 1)[1].split("\n\t}", 1)[0]
     assert "ct mark & 0x30000000 == 0x20000000 jump failed_out" in retransmit

@@ -62,8 +62,8 @@ def test_every_ban_is_checked_before_detection_and_only_enforce_rejects():
 def test_owner_loopback_and_established_are_excluded_first():
     p, digest = policy()
     guard = [r for r in gi.rules(p, digest, "v4") if r.startswith("-A TOREXIT-GUARD ")]
-    assert guard[1:5] == ["-A TOREXIT-GUARD ! -p tcp -j RETURN",
-                          "-A TOREXIT-GUARD -p tcp -m conntrack ! --ctstate NEW -j RETURN",
+    assert guard[1:5] == ["-A TOREXIT-GUARD -p tcp -m conntrack ! --ctstate NEW -j RETURN",
+                          "-A TOREXIT-GUARD ! -p tcp -j RETURN",
                           "-A TOREXIT-GUARD -p tcp -m owner ! --uid-owner debian-tor -j RETURN",
                           "-A TOREXIT-GUARD -o lo -p tcp -j RETURN"]
     pa, digest_a = policy(owner="any")
