@@ -640,10 +640,10 @@ def test_detections_sum_the_ban_counters_of_the_guard_table_only():
 
     def dump(msg, attrs):
         asked.append((msg, attrs))
-        return sync.nl_messages([newobj(b"torexit_guard", b"detect_hscan", 3) + newobj(b"torexit_guard", b"detect_wide", 500)
-                                 + newobj(b"torexit_guard", b"blocked_hscan", 70)
-                                 + newobj(b"torexit_guard", b"detect_psweep", 2)
-                                 + newobj(b"other", b"detect_flood", 9) + newobj(b"torexit_guard", b"detect_login", 4, kind=2)
+        guard = b"torexit_guard"
+        return sync.nl_messages([newobj(guard, b"detect_hscan", 3) + newobj(guard, b"detect_wide", 500)
+                                 + newobj(guard, b"blocked_hscan", 70) + newobj(guard, b"detect_psweep", 2)
+                                 + newobj(b"other", b"detect_flood", 9) + newobj(guard, b"detect_login", 4, kind=2)
                                  + nlmsg(3, struct.pack("=i", 0))])[0]
     # detect_wide rejects at random and bans nothing; a quota object is not a counter
     assert sync.read_detections(dump=dump) == 5
