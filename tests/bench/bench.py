@@ -7,7 +7,7 @@
     bench.py --quick    short sweep + short upload, none vs guard (< 60 s)
     bench.py --variant none --variant guard-ufw    a subset
     bench.py --scenario tor    only the rows through a private Tor network
-                        (tests/bench/torbench.py, ~7 min): results/bench/bench-tor.*
+                        (tests/bench/torbench.py, ~15 min): results/bench/bench-tor.*
                         The full bench runs them after the namespace rows.
     bench.py --scenario inbound    only the inbound ORPort flood rows (tests/bench/inbound.py,
                         ~2 min): results/bench/bench-inbound.*; also part of the full bench.

@@ -175,3 +175,27 @@ def test_netlink_set_names_match_nft(lab):
     table = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "table", "inet", "torexit_guard").stdout)
     assert listed == sorted(item["set"]["name"] for item in table["nftables"] if "set" in item)
     assert "ban_hscan_v4_24" in listed and "optout_v6" in listed
+
+
+def test_detection_counters_over_netlink_match_nft(lab):
+    """The watch mode's wake-up: the sum of the guard's ban-starting detect_* counters,
+    read over netlink, is what nft lists, before and after a real scan bans a /24."""
+    ansible_module(lab.relay, GUARD, {"owner": "any", "persist": False, "mode": "exitpolicy"})
+    listen(lab, 22)
+    script = (
+        "import sys; sys.path.insert(0, %r); from role_files import load_role_file; "
+        "s = load_role_file('tor_exit', 'torexit_exitpolicy_sync.py', 'sync'); "
+        "print(s.read_detections())" % os.path.join(TOP, "tests", "unit", "roles"))
+
+    def by_nft():
+        listed = json.loads(lab.ns(lab.relay, "nft", "-j", "list", "counters", "table", "inet",
+                                   "torexit_guard").stdout)
+        return sum(item["counter"]["packets"] for item in listed["nftables"]
+                   if "counter" in item and item["counter"]["name"] in sync.BAN_COUNTERS)
+
+    assert int(lab.ns(lab.relay, sys.executable, "-c", script).stdout) == by_nft() == 0
+    scan = probe(lab, [["198.18.4.%d" % i, 22] for i in range(1, 31)], concurrency=1)
+    assert scan["ok"] == 30, scan
+    detections = by_nft()
+    assert detections >= 1
+    assert int(lab.ns(lab.relay, sys.executable, "-c", script).stdout) == detections

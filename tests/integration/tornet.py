@@ -592,13 +592,15 @@ class TorNet:
         lab = {"/usr/local/lib/torexit/torexit_exitpolicy_sync.py": SYNC, "/run/tor/control": self.hx.control_socket}
         return [lab.get(word, word) for word in shlex.split(line[len("ExecStart="):])]
 
-    def start_sync_service(self, log=None, **override):
+    def start_sync_service(self, log=None, extra=(), **override):
         """torexit-exitpolicy-sync.service (watch mode, the role's defaults) on hx,
         in the relay namespace, as root like its unit. `override`: option=value
-        (e.g. batch_max=10) replacing the unit's value. Stop it with stop(proc)."""
+        (e.g. batch_max=10) replacing the unit's value; `extra`: more arguments
+        (options the unit leaves at the program's default). Stop it with stop(proc)."""
         cmd = self.service_command()
         for key, value in override.items():
             cmd[cmd.index("--" + key.replace("_", "-")) + 1] = str(value)
+        cmd += list(extra)
         self.sync_log = log or os.path.join(self.work, "sync-service.log")
         return self.spawn(*cmd, env=self.sync_env(), log=self.sync_log)
 

@@ -536,12 +536,16 @@ def sync(args, document=None, saved=None):
 # --- watch mode: poll the sets, update tor through its control socket ------------
 
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETSET, NFT_MSG_GETSETELEM = 10, 13
+NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETOBJ = 10, 13, 19
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_LEN, NFTA_SET_TIMEOUT = 1, 2, 3, 5, 11
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION = 1, 3, 4, 5
 NFTA_SET_ELEM_KEY_END = 10
 NFTA_DATA_VALUE = 1
+NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
+NFT_OBJECT_COUNTER, NFTA_COUNTER_PACKETS = 1, 2
+# the nftables guard's counters of detections that start a ban (detect_wide bans nothing)
+BAN_COUNTERS = ("detect_flood", "detect_hscan", "detect_vscan", "detect_login", "detect_psweep")
 NFT_SET_INTERVAL = 0x4
 NFT_SET_ELEM_INTERVAL_END = 0x1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
@@ -728,6 +732,54 @@ def read_nft_netlink(table=TABLE[1], dump=nl_dump):
             continue  # the guard replaced its table in between
         items.append(nft_set_json(set_name, info, parse_elements(messages)))
     return {"nftables": items}
+
+
+def parse_counters(messages, table=TABLE[1]):
+    """{name: packets} of the named counters of `table` in NEWOBJ messages."""
+    out = {}
+    for _kind, body in messages:
+        attrs = _nlattrs(body)
+        if (_nlstr(attrs.get(NFTA_OBJ_TABLE, b"")) != table or NFTA_OBJ_NAME not in attrs
+                or _be(attrs.get(NFTA_OBJ_TYPE)) != NFT_OBJECT_COUNTER):
+            continue
+        out[_nlstr(attrs[NFTA_OBJ_NAME])] = _be(_nlattrs(attrs.get(NFTA_OBJ_DATA, b"")).get(NFTA_COUNTER_PACKETS)) or 0
+    return out
+
+
+def read_detections(table=TABLE[1], dump=nl_dump):
+    """How many bans the nftables guard has started: the sum of its detect_* counters
+    that come with a ban (one netlink dump of the table's counter objects, a few
+    dozen bytes each; no set is read). 0 when there is no such table."""
+    attrs = [(NFTA_OBJ_TABLE, table.encode() + b"\0"), (NFTA_OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))]
+    try:
+        counters = parse_counters(dump(NFT_MSG_GETOBJ, attrs), table)
+    except FileNotFoundError:
+        return 0
+    return sum(counters.get(name, 0) for name in BAN_COUNTERS)
+
+
+class Detections:
+    """Tells the watcher that the guard has started a ban since the last look, so that
+    it reads the sets now instead of at the next --poll. Reads only the nftables
+    guard's detection counters (read_detections); the ipsets of the iptables and ufw
+    backends have no such counter, so there the --poll interval stays the delay.
+    A reader that fails is given up (logged once): the regular poll still runs."""
+
+    def __init__(self, reader=read_detections):
+        self.reader, self.last = reader, None
+
+    def changed(self):
+        if self.reader is None:
+            return False
+        try:
+            value = self.reader()
+        except OSError as exc:
+            log(f"guard counters not readable ({exc}); reading the sets every --poll only")
+            self.reader = None
+            return False
+        changed = self.last is not None and value != self.last
+        self.last = value
+        return changed
 
 
 def nft_set_names(table=TABLE[1]):
@@ -1003,10 +1055,12 @@ class Watcher:
     every tor instance (SETCONF through the control socket; SIGHUP after a tor
     --verify-config for an instance whose control socket does not answer)."""
 
-    def __init__(self, args, instances, nft_reader=None, ipset_reader=None, clock=time.monotonic):
+    def __init__(self, args, instances, nft_reader=None, ipset_reader=None, clock=time.monotonic,
+                 detections=None):
         self.args, self.instances, self.clock = args, instances, clock
         self.nft_reader = nft_reader or NftSets(args.nft)
         self.ipset_reader = ipset_reader or IpsetSets(args.ipset)
+        self.detections = detections or Detections(read_detections if args.detect_poll else None)
         self.batcher = Batcher(args.batch_min, args.batch_max)
         self.updates = 0
         self.last_error = None
@@ -1088,15 +1142,23 @@ class Watcher:
         log(f"updated ({', '.join(how)}): {counts}")
 
     def run(self, stop):
+        """Read the sets every --poll seconds, and at once when tor signals a reload or
+        (every --detect-poll seconds, nftables) the guard's detection counters moved."""
+        due, woke = self.clock(), False
+        tick = self.args.detect_poll or self.args.poll
         while not stop():
             started = self.clock()
-            self.step()
-            delay = max(self.args.poll - (self.clock() - started), 0.01)
+            if woke or started >= due or self.detections.changed():
+                self.step()
+                due = started + self.args.poll
+            now = self.clock()
+            delay = max(min(due, now + tick) - now, 0.01)
             conns = [i.conn for i in self.instances if i.conn is not None]
             if conns:
-                wait_readable(conns, [], [], delay)  # a SIGNAL event wakes us early
+                woke = bool(wait_readable(conns, [], [], delay)[0])  # a SIGNAL event wakes us early
             else:
                 time.sleep(delay)
+                woke = False
 
 
 def parse_args(argv):
@@ -1122,6 +1184,9 @@ def parse_args(argv):
     parser.add_argument("--watch", action="store_true",
                         help="keep running: poll the sets every --poll seconds and update tor by its control socket")
     parser.add_argument("--poll", type=float, default=0.2, help="seconds between two reads of the sets")
+    parser.add_argument("--detect-poll", type=float, default=0.02,
+                        help="seconds between two reads of the nftables guard's detection counters; when they "
+                             "move, the sets are read at once (0: off, only --poll)")
     parser.add_argument("--batch-min", type=float, default=5.0,
                         help="after an update, wait at least this long before the next one (seconds)")
     parser.add_argument("--batch-max", type=float, default=60.0,
@@ -1143,6 +1208,8 @@ def parse_args(argv):
         parser.error(f"--prefix-v6 must be 16 to 128, not {args.prefix_v6}")
     if not 0.05 <= args.poll <= 60:
         parser.error(f"--poll must be 0.05 to 60 seconds, not {args.poll}")
+    if args.detect_poll and not 0.01 <= args.detect_poll <= args.poll:
+        parser.error(f"--detect-poll must be 0 (off) or 0.01 to --poll ({args.poll}) seconds, not {args.detect_poll}")
     if not 0 <= args.batch_min <= args.batch_max:
         parser.error(f"--batch-min ({args.batch_min}) must be between 0 and --batch-max ({args.batch_max})")
     if args.control and len(args.control) != len(args.reload):

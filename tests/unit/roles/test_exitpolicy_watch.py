@@ -624,3 +624,86 @@ def test_watch_update_stands_when_tor_does_not_rebuild_at_once(tor, tmp_path, ca
     assert fake.policy == ["reject 198.18.5.0/24:8080", "accept *:*"] and fake.applied == ["accept *:*"]
     err = capsys.readouterr().err
     assert "descriptor not rebuilt at once: 510" in err and "198.18" not in err
+
+
+# --- waking up on the guard's detection counters (nftables) ----------------------------
+
+def newobj(table, name, packets, kind=1):
+    data = nlattr(1, struct.pack(">Q", packets * 60)) + nlattr(2, struct.pack(">Q", packets))
+    attrs = (nlattr(1, table + b"\0") + nlattr(2, name + b"\0") + nlattr(3, struct.pack(">I", kind))
+             + nlattr(4 | 0x8000, data))
+    return nlmsg((10 << 8) | 18, struct.pack("=BBH", 1, 0, 0) + attrs)
+
+
+def test_detections_sum_the_ban_counters_of_the_guard_table_only():
+    asked = []
+
+    def dump(msg, attrs):
+        asked.append((msg, attrs))
+        guard = b"torexit_guard"
+        return sync.nl_messages([newobj(guard, b"detect_hscan", 3) + newobj(guard, b"detect_wide", 500)
+                                 + newobj(guard, b"blocked_hscan", 70) + newobj(guard, b"detect_psweep", 2)
+                                 + newobj(b"other", b"detect_flood", 9) + newobj(guard, b"detect_login", 4, kind=2)
+                                 + nlmsg(3, struct.pack("=i", 0))])[0]
+    # detect_wide rejects at random and bans nothing; a quota object is not a counter
+    assert sync.read_detections(dump=dump) == 5
+    assert asked == [(sync.NFT_MSG_GETOBJ, [(1, b"torexit_guard\0"), (3, struct.pack(">I", 1))])]
+
+    def absent(msg, attrs):
+        raise FileNotFoundError(2, "No such file or directory")
+    assert sync.read_detections(dump=absent) == 0
+
+
+def test_detections_report_a_change_after_the_first_look_and_give_up_a_failing_reader(capsys):
+    values = iter([0, 0, 1, 1, 3])
+    d = sync.Detections(lambda: next(values))
+    assert [d.changed() for _i in range(5)] == [False, False, True, False, True]
+
+    def refused():
+        raise PermissionError(1, "Operation not permitted")
+    d = sync.Detections(refused)
+    assert d.changed() is False and d.reader is None
+    assert "reading the sets every --poll only" in capsys.readouterr().err
+    assert d.changed() is False and sync.Detections(None).changed() is False
+
+
+class Looks:
+    """Detections stand-in: answers from a list, then stops the watcher."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), 0
+
+    def changed(self):
+        self.calls += 1
+        return self.answers.pop(0) if self.answers else False
+
+    def stop(self):
+        return not self.answers
+
+
+def test_watch_reads_the_sets_at_once_when_a_detection_counter_moves(tmp_path):
+    reads = []
+
+    def reader():
+        reads.append(1)
+        return ban_doc()
+    argv = ["--watch", "--output", str(tmp_path / "g.conf"), "--ipset", "/nonexistent/ipset", "--tor",
+            "/nonexistent/tor", "--poll", "60", "--detect-poll", "0.01"]
+    looks = Looks([False, False, True, False, True, False])
+    args = sync.parse_args(argv)
+    w = sync.Watcher(args, [], nft_reader=reader, ipset_reader=lambda: "", detections=looks)
+    w.run(looks.stop)
+    # the first pass reads at once (due); then only the two moves of the counters do,
+    # long before the 60 s poll
+    assert len(reads) == 3 and looks.calls == 6
+
+
+def test_detect_poll_option():
+    base = ["--watch", "--output", "/nonexistent/g.conf"]
+    assert sync.parse_args(base).detect_poll == 0.02
+    assert sync.parse_args(base + ["--detect-poll", "0"]).detect_poll == 0
+    w = sync.Watcher(sync.parse_args(base + ["--detect-poll", "0"]), [], nft_reader=dict, ipset_reader=str)
+    assert w.detections.reader is None
+    for bad in ("0.001", "0.5"):
+        with pytest.raises(SystemExit):
+            sync.parse_args(base + ["--detect-poll", bad])
