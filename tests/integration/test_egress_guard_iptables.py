@@ -6,6 +6,7 @@ from test_egress_guard import (
     assert_monitor_mode_counts_but_blocks_nothing,
     assert_sweep_stopped_and_uploads_pass,
     check_repeated_logins_ban_host_and_port,
+    check_web_sweep_is_cut_and_a_cdn_passes,
     check_wide_scan_gate_spares_known_hosts,
     listen,
     probe,
@@ -112,3 +113,11 @@ def test_repeated_logins_ban_host_and_port(lab):
 
 def test_wide_scan_gate_spares_known_hosts(lab):
     check_wide_scan_gate_spares_known_hosts(lab, BASE)
+
+
+def test_web_sweep_is_cut_and_a_cdn_passes(lab):
+    check_web_sweep_is_cut_and_a_cdn_passes(lab, BASE, {"backend": "iptables"})
+    assert "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY" in saved(lab)
+    absent = ansible_module(lab.relay, GUARD, {"state": "absent", "backend": "iptables", "persist": False})
+    assert absent["changed"] is True
+    assert not [r for r in saved(lab) + saved(lab, "ip6tables") if "TOREXIT" in r]

@@ -85,7 +85,7 @@ def test_thresholds_reach_hashlimit_and_connlimit():
 
 
 def test_first_contacts_go_to_scans_and_repeats_to_the_flood_chain():
-    p, digest = policy()
+    p, digest = policy(prefix_sweep={"burst": [0, 0]})
     detect = [r for r in gi.rules(p, digest, "v4") if r.startswith("-A TOREXIT-DETECT ")]
     assert detect[0] == "-A TOREXIT-DETECT -p tcp -m set --match-set torexit_seen_v4 dst,dst -g TOREXIT-FLOOD"
     assert detect[1] == "-A TOREXIT-DETECT -p tcp -j SET --add-set torexit_seen_v4 dst,dst"
