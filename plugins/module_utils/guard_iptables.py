@@ -32,7 +32,7 @@ UNIT_TEXT = """\
 # Managed by torexit.hardening.egress_guard (backend iptables)
 [Unit]
 Description=torexit.hardening egress guard (iptables chains TOREXIT-*, ipsets torexit_*)
-After=netfilter-persistent.service
+After=netfilter-persistent.service torexit-inbound-iptables.service
 Before=network-pre.target tor.service
 Wants=network-pre.target
 PartOf=netfilter-persistent.service
@@ -62,11 +62,13 @@ WantedBy=multi-user.target
 
 
 def _input_lines(policy, key):
-    """The unit's lines that put the prefix sweep's reply hook first in INPUT (once)."""
+    """The unit's lines that put the prefix sweep's reply hook first in INPUT, once:
+    replies accepted by an earlier rule (the firewall role's TOREXIT-INPUT accepts
+    established traffic) would never reach it."""
     if not xt.psweep_on(policy):
         return ""
     hook = xt.input_hook()
-    return "".join("%s=/bin/sh -c '%s -C INPUT %s 2>/dev/null || %s -I INPUT 1 %s'\n" % (key, cmd, hook, cmd, hook)
+    return "".join("%s=/bin/sh -c '%s -D INPUT %s 2>/dev/null; %s -I INPUT 1 %s'\n" % (key, cmd, hook, cmd, hook)
                    for cmd in ("iptables", "ip6tables"))
 
 

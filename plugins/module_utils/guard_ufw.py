@@ -270,7 +270,7 @@ def remove(env, installed):
         names = xt.our_chains(saved, CHAIN_PREFIX)
         if names:
             hooked = xt.hooked(saved, CHAIN_PREFIX, PARENT[fam])
-            in_hooked = xt.input_hooked(saved, CHAIN_PREFIX, IN_PARENT[fam])
+            in_hooked = xt.input_hooked(saved, CHAIN_PREFIX, IN_PARENT[fam])[0]
             xt.restore(env.run, cmd, xt.remove_text(names, hooked, CHAIN_PREFIX, PARENT[fam], in_hooked, IN_PARENT[fam]))
     xt.destroy_sets(env.run, installed.state["sets"])
 

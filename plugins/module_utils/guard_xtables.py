@@ -372,9 +372,10 @@ def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, paren
            in_parent="INPUT"):
     """One family's `iptables-restore --noflush` input: declares (and so empties)
     our chains, fills them, optionally hooks the entry chain (first rule of
-    OUTPUT; last of ufw's chain for the ufw backend), adds (in_hook "add") or
-    deletes ("delete") the reply hook, first rule of `in_parent`, and deletes our
-    chains that the policy no longer has. Nothing else is touched."""
+    OUTPUT; last of ufw's chain for the ufw backend), adds (in_hook "add"),
+    moves to the top ("move") or deletes ("delete") the reply hook, first rule of
+    `in_parent`, and deletes our chains that the policy no longer has. Nothing
+    else is touched."""
     p = policy
     L = ["# Managed by torexit.hardening.egress_guard (backend %s): changes here are overwritten."
          % ("iptables" if prefix == CHAIN_PREFIX else "ufw"),
@@ -385,10 +386,10 @@ def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, paren
     L += rules(p, digest, fam, prefix)
     if hook:
         L.append(("-I OUTPUT 1 -j %sGUARD" if parent == "OUTPUT" else "-A " + parent + " -j %sGUARD") % prefix)
-    if in_hook == "add":
-        L.append("-I %s 1 %s" % (in_parent, input_hook(prefix)))
-    elif in_hook == "delete":
+    if in_hook in ("delete", "move"):
         L.append("-D %s %s" % (in_parent, input_hook(prefix)))
+    if in_hook in ("add", "move"):
+        L.append("-I %s 1 %s" % (in_parent, input_hook(prefix)))
     L += ["-X %s" % c for c in stale]
     L.append("COMMIT")
     return "\n".join(L) + "\n"
@@ -432,7 +433,20 @@ def hooked(saved, prefix=CHAIN_PREFIX, parent="OUTPUT"):
 
 
 def input_hooked(saved, prefix=CHAIN_PREFIX, parent="INPUT"):
-    return re.search(r"^(\[\d+:\d+\] )?-A %s %s$" % (parent, re.escape(input_hook(prefix))), saved, re.M) is not None
+    """(hooked, in front): the reply hook is in `parent`, and no rule of `parent` that
+    accepts (`-j ACCEPT`, or a jump to the firewall role's TOREXIT-INPUT, which
+    accepts established traffic) comes before it: replies accepted earlier in the
+    chain never reach it."""
+    rule = re.compile(r"^(?:\[\d+:\d+\] )?-A %s (.*)$" % re.escape(parent))
+    accepted = False
+    for line in saved.splitlines():
+        m = rule.match(line)
+        if not m:
+            continue
+        if m.group(1) == input_hook(prefix):
+            return True, not accepted
+        accepted = accepted or m.group(1).endswith(("-j ACCEPT", "-j TOREXIT-INPUT"))
+    return False, False
 
 
 def list_sets(run, name=None):
@@ -598,6 +612,7 @@ class Chains(NamedTuple):
     names: list             # our chains (guard_xtables.our_chains)
     parent: bool            # the parent chain exists
     in_hooked: bool = False     # the reply hook (input_hook) is in the input parent chain
+    in_front: bool = False      # ... before any rule there that accepts (input_hooked)
 
 
 def live_state(run, prefix=CHAIN_PREFIX, parents=None, in_parents=None):
@@ -610,14 +625,18 @@ def live_state(run, prefix=CHAIN_PREFIX, parents=None, in_parents=None):
         saved = save(run, cmd)
         out[fam] = Chains(digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
                           parent == "OUTPUT" or (":%s " % parent) in saved,
-                          input_hooked(saved, prefix, (in_parents or {}).get(fam, "INPUT")))
+                          *input_hooked(saved, prefix, (in_parents or {}).get(fam, "INPUT")))
     return out
 
 
 def in_hook_change(policy, loaded):
-    """What render's in_hook must do to the loaded Chains for the policy."""
+    """What render's in_hook must do to the loaded Chains for the policy: "add" the
+    reply hook, "move" it to the top (another rule that accepts came before it, e.g.
+    the firewall role inserted its TOREXIT-INPUT first), "delete" it, or None."""
     if psweep_on(policy) and not loaded.in_hooked:
         return "add"
+    if psweep_on(policy) and not loaded.in_front:
+        return "move"
     if loaded.in_hooked and not psweep_on(policy):
         return "delete"
     return None
@@ -642,7 +661,7 @@ def delete(run, prefix=CHAIN_PREFIX):
     for _fam, cmd in FAMILY_COMMANDS:
         saved = save(run, cmd)
         names = our_chains(saved, prefix)
-        hook, in_hook = hooked(saved, prefix), input_hooked(saved, prefix)
+        hook, in_hook = hooked(saved, prefix), input_hooked(saved, prefix)[0]
         if names or hook or in_hook:
             restore(run, cmd, remove_text(names, hook, prefix, in_hook=in_hook))
             changed = True

@@ -116,8 +116,21 @@ def test_wide_scan_gate_spares_known_hosts(lab):
 
 
 def test_web_sweep_is_cut_and_a_cdn_passes(lab):
+    """With a chain like the firewall role's TOREXIT-INPUT (accepts established
+    traffic) in INPUT: the reply hook goes in front of it, and back in front when the
+    role's hook was inserted before it again; absent removes only the guard's."""
+    inbound = "*filter\n:TOREXIT-INPUT - [0:0]\n-A INPUT -j TOREXIT-INPUT\n" \
+              "-A TOREXIT-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n"
+    lab.ns(lab.relay, "iptables-restore", "--noflush", input=inbound)
+    before = saved(lab)
+    hook = "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY"
+    assert ansible_module(lab.relay, GUARD, BASE)["changed"] is True
+    assert [r for r in saved(lab) if r.startswith("-A INPUT ")] == [hook, "-A INPUT -j TOREXIT-INPUT"]
+    lab.ns(lab.relay, "sh", "-c", "iptables -D INPUT -j TOREXIT-INPUT && iptables -I INPUT 1 -j TOREXIT-INPUT")
+    assert ansible_module(lab.relay, GUARD, BASE)["changed"] is True
+    assert [r for r in saved(lab) if r.startswith("-A INPUT ")] == [hook, "-A INPUT -j TOREXIT-INPUT"]
     check_web_sweep_is_cut_and_a_cdn_passes(lab, BASE, {"backend": "iptables"})
-    assert "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY" in saved(lab)
     absent = ansible_module(lab.relay, GUARD, {"state": "absent", "backend": "iptables", "persist": False})
     assert absent["changed"] is True
-    assert not [r for r in saved(lab) + saved(lab, "ip6tables") if "TOREXIT" in r]
+    assert saved(lab) == before
+    assert not [r for r in saved(lab, "ip6tables") if "TOREXIT" in r]
