@@ -41,7 +41,11 @@ def test_apply_idempotence_check_mode_and_absent_removes_only_ours(lab):
     rules = saved(lab)
     assert rules[rules.index(":OUTPUT ACCEPT [0:0]") + 1:].count("-A OUTPUT -j TOREXIT-GUARD") == 1
     assert "-A OUTPUT -j TOREXIT-GUARD" in saved(lab, "ip6tables")
-    assert [r for r in rules if "ufw" in r or "INPUT" in r] == [r for r in before if "ufw" in r or "INPUT" in r]
+    # the prefix sweep's reply hook goes first in INPUT, before the role-like TOREXIT-INPUT; nothing else changes
+    assert [r for r in rules if r.startswith("-A INPUT ")][0] == \
+        "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY"
+    assert [r for r in rules if ("ufw" in r or "INPUT" in r) and "TOREXIT-REPLY" not in r] == \
+        [r for r in before if "ufw" in r or "INPUT" in r]
     second = ansible_module(lab.relay, GUARD, BASE)
     assert second["changed"] is False, second
     assert ansible_module(lab.relay, GUARD, BASE, check=True)["changed"] is False
