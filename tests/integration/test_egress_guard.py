@@ -299,7 +299,7 @@ def check_web_sweep_is_cut_and_a_cdn_passes(lab, base, info_args):
     listen_web(lab, 443)
     ansible_module(lab.relay, GUARD, base)
     cdn = ["198.19.%d.%d" % (236 + i // 250, i % 250 + 1) for i in range(600)]
-    visits = [[h, 443] for h in cdn] + [[h, 443] for h in cdn[:60] for _ in range(3)]
+    visits = [[h, 443] for h in cdn] + [[h, 443] for h in cdn[:60] * 3]
     mix = probe(lab, visits, concurrency=20, hold=0)
     assert mix == {"ok": len(visits), "refused": 0, "timeout": 0}, mix
     sweep = probe(lab, [["198.18.%d.%d" % (i // 250, i % 250 + 1), 443] for i in range(2000)])

@@ -135,7 +135,6 @@ def test_a_block_without_end_marker_is_refused(ufwlab):
     assert result.get("failed") is True and "before.rules" in result["msg"] and "END" in result["msg"], result
 
 
-
 def test_ufw_web_sweep_is_cut_and_a_cdn_passes(ufwlab):
     """With persist: false (as the bench loads it) the module changes only ufw's running
     chains, so it runs without the lab's ufw files: the reply hook goes first in

@@ -234,8 +234,8 @@ def test_prefix_sweep_meters_confirmation_and_failed_contacts():
     p, digest = policy()
     rules = gi.rules(p, digest, "v4")
 
-    def chain(name, rs=rules):
-        return [r.split(" ", 2)[2] for r in rs if r.startswith("-A TOREXIT-%s " % name)]
+    def chain(name, rs=None):
+        return [r.split(" ", 2)[2] for r in (rules if rs is None else rs) if r.startswith("-A TOREXIT-%s " % name)]
     assert chain("DETECT")[:3] == [
         "-p tcp -m connmark --mark 0x60000000/0x70000000 -g TOREXIT-PSFAIL-OUT",
         "-p tcp -m connmark --mark 0x40000000/0x40000000 -j RETURN",
