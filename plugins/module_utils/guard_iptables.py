@@ -2,7 +2,8 @@
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """iptables backend of the egress guard: chains `TOREXIT-*` in the filter table of
-iptables and ip6tables, hooked by one rule at the top of OUTPUT, and ipsets
+iptables and ip6tables, hooked by one rule at the top of OUTPUT (and, with the
+prefix sweep on, one at the top of INPUT for the replies it follows), and ipsets
 `torexit_*` (rules and sets: guard_xtables); with persist, files in /etc/torexit
 and a unit that loads them at boot and after netfilter-persistent.
 
@@ -31,7 +32,7 @@ UNIT_TEXT = """\
 # Managed by torexit.hardening.egress_guard (backend iptables)
 [Unit]
 Description=torexit.hardening egress guard (iptables chains TOREXIT-*, ipsets torexit_*)
-After=netfilter-persistent.service
+After=netfilter-persistent.service torexit-inbound-iptables.service
 Before=network-pre.target tor.service
 Wants=network-pre.target
 PartOf=netfilter-persistent.service
@@ -46,17 +47,35 @@ ExecStart=/usr/sbin/iptables-restore --noflush {v4}
 ExecStart=/usr/sbin/ip6tables-restore --noflush {v6}
 ExecStart=/bin/sh -c 'iptables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || iptables -I OUTPUT 1 -j TOREXIT-GUARD'
 ExecStart=/bin/sh -c 'ip6tables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || ip6tables -I OUTPUT 1 -j TOREXIT-GUARD'
-ExecStartPost=-{relays}
+{input_start}ExecStartPost=-{relays}
 ExecReload=/usr/sbin/ipset -exist restore -file {ipset}
 ExecReload=/usr/sbin/iptables-restore --noflush {v4}
 ExecReload=/usr/sbin/ip6tables-restore --noflush {v6}
 ExecReload=/bin/sh -c 'iptables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || iptables -I OUTPUT 1 -j TOREXIT-GUARD'
 ExecReload=/bin/sh -c 'ip6tables -C OUTPUT -j TOREXIT-GUARD 2>/dev/null || ip6tables -I OUTPUT 1 -j TOREXIT-GUARD'
-ExecStop=-/bin/sh -c 'iptables -D OUTPUT -j TOREXIT-GUARD; ip6tables -D OUTPUT -j TOREXIT-GUARD'
+{input_reload}ExecStop=-/bin/sh -c 'iptables -D OUTPUT -j TOREXIT-GUARD; ip6tables -D OUTPUT -j TOREXIT-GUARD'
+ExecStop=-/bin/sh -c 'iptables -D INPUT {input_hook} 2>/dev/null; ip6tables -D INPUT {input_hook} 2>/dev/null; true'
 
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def _input_lines(policy, key):
+    """The unit's lines that put the prefix sweep's reply hook first in INPUT, once:
+    replies accepted by an earlier rule (the firewall role's TOREXIT-INPUT accepts
+    established traffic) would never reach it."""
+    if not xt.psweep_on(policy):
+        return ""
+    hook = xt.input_hook()
+    return "".join("%s=/bin/sh -c '%s -D INPUT %s 2>/dev/null; %s -I INPUT 1 %s'\n" % (key, cmd, hook, cmd, hook)
+                   for cmd in ("iptables", "ip6tables"))
+
+
+def unit_text(policy):
+    return UNIT_TEXT.format(ipset=IPSET_FILE, v4=RULES_FILES["v4"], v6=RULES_FILES["v6"], relays=xt.RELAYS_SCRIPT,
+                            input_start=_input_lines(policy, "ExecStart"),
+                            input_reload=_input_lines(policy, "ExecReload"), input_hook=xt.input_hook())
 
 
 def desired_files(policy, digest):
@@ -65,8 +84,7 @@ def desired_files(policy, digest):
         IPSET_FILE: (xt.ipset_file(policy), 0o600),
         RULES_FILES["v4"]: (xt.render(policy, digest, "v4"), 0o600),
         RULES_FILES["v6"]: (xt.render(policy, digest, "v6"), 0o600),
-        UNIT_DIR + "/" + UNIT: (UNIT_TEXT.format(ipset=IPSET_FILE, v4=RULES_FILES["v4"], v6=RULES_FILES["v6"],
-                                                 relays=xt.RELAYS_SCRIPT), 0o644),
+        UNIT_DIR + "/" + UNIT: (unit_text(policy), 0o644),
     }
     if policy["relay_allowlist"]:
         files.update(xt.relay_files(UNIT))
@@ -98,7 +116,8 @@ def live(env, desired):
     shown = "".join(host.read(RULES_FILES[f]) or "" for f in ("v4", "v6")) if desired.files else ""
     if not shown and chains["v4"].digest:
         shown = "# loaded chains, policy sha256:%s\n" % chains["v4"].digest
-    loaded = all(c.digest == desired.digest and c.hooked for c in chains.values())
+    loaded = all(c.digest == desired.digest and c.hooked and not xt.in_hook_change(desired.policy, c)
+                 for c in chains.values())
     return common.Live(loaded=loaded, sets=tuple(sets), shown=shown, extra={}, state=chains)
 
 
@@ -116,7 +135,8 @@ def apply(env, plan):
     for fam, cmd in xt.FAMILY_COMMANDS:
         loaded = plan.live.state[fam]
         stale = [c for c in loaded.names if c not in xt.chains(d.policy)]
-        xt.restore(env.run, cmd, xt.render(d.policy, d.digest, fam, hook=not loaded.hooked, stale=stale))
+        xt.restore(env.run, cmd, xt.render(d.policy, d.digest, fam, hook=not loaded.hooked, stale=stale,
+                                           in_hook=xt.in_hook_change(d.policy, loaded)))
     xt.destroy_sets(env.run, xt.stale_sets(d.policy, xt.list_sets(env.run)))
     xt.refresh_relays(env.run, d.policy)
 
@@ -124,7 +144,7 @@ def apply(env, plan):
 def installed(env):
     keep = xt.other_backend_keep(NAME)
     chains = xt.live_state(env.run)
-    loaded = any(c.names or c.hooked for c in chains.values())
+    loaded = any(c.names or c.hooked or c.in_hooked for c in chains.values())
     sets = [] if xt.ufw_block_present() else sorted(xt.list_sets(env.run))
     shown = "".join(host.read(RULES_FILES[f]) or "" for f in ("v4", "v6")) or ("# loaded chains\n" if loaded else "")
     return common.Installed(

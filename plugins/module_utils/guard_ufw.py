@@ -8,7 +8,10 @@ ufw loads those files with `iptables-restore -n` on every start and reload, so
 the guard follows ufw: `ufw disable` stops it, `ufw enable`, `ufw reload` and a
 reboot bring it back. The block declares its own chains (prefix `TOREXIT-UFW-`,
 so they never collide with the iptables backend's) and hooks them at the end of
-`ufw-before-output`, after ufw's loopback and established-connection rules.
+`ufw-before-output`, after ufw's loopback and established-connection rules; with
+the prefix sweep on, a second hook goes first in `ufw-before-input`, before ufw
+accepts established traffic, and sends only the replies of the connections the
+sweep detector follows (conntrack mark) to the chain TOREXIT-UFW-REPLY.
 The ipsets the rules use must exist before ufw loads the files: a small unit
 ordered `Before=ufw.service` creates them at boot. Rules and sets: guard_xtables.
 
@@ -30,6 +33,7 @@ PRESENT_COMMANDS = ["ufw"]
 
 CHAIN_PREFIX = xt.CHAIN_PREFIX + "UFW-"
 PARENT = {"v4": "ufw-before-output", "v6": "ufw6-before-output"}
+IN_PARENT = {"v4": "ufw-before-input", "v6": "ufw6-before-input"}
 BEGIN = xt.UFW_BEGIN
 END = "# END torexit.hardening egress_guard"
 RULES = {"v4": "before.rules", "v6": "before6.rules"}
@@ -70,6 +74,9 @@ def block(policy, digest, fam):
          "# mode=%s profile=%s owner=%s reject_with=%s" % (p["mode"], p["profile"], p["owner"], p["reject_with"])]
     L += [":%s - [0:0]" % c for c in xt.chains(p, CHAIN_PREFIX)]
     L += xt.rules(p, digest, fam, CHAIN_PREFIX)
+    if xt.psweep_on(p):
+        # ufw's files declare (flush) this chain: the rule goes in again on every reload
+        L.append("-I %s 1 %s" % (IN_PARENT[fam], xt.input_hook(CHAIN_PREFIX)))
     L.append("-A %s -j %sGUARD" % (PARENT[fam], CHAIN_PREFIX))
     L.append(END)
     return "\n".join(L)
@@ -110,8 +117,9 @@ def validate_file(run, fam, text):
     """`iptables-restore --test` of the whole file: nothing is loaded. The
     iptables-nft test does not check jump targets, so the hook's chain is checked here."""
     cmd = "iptables" if fam == "v4" else "ip6tables"
-    if ":%s " % PARENT[fam] not in text:
-        raise UfwError("%s does not declare ufw's chain %s, which the guard hooks into" % (RULES[fam], PARENT[fam]))
+    for parent in (PARENT[fam], IN_PARENT[fam]):
+        if ":%s " % parent not in text:
+            raise UfwError("%s does not declare ufw's chain %s, which the guard hooks into" % (RULES[fam], parent))
     rc, out, err = run(["%s-restore" % cmd, "--test"], data=text)
     if rc != 0:
         if isinstance(err, bytes):
@@ -179,7 +187,7 @@ def desired(policy, digest, env):
 
 
 def live(env, desired):
-    chains = xt.live_state(env.run, CHAIN_PREFIX, PARENT)
+    chains = xt.live_state(env.run, CHAIN_PREFIX, PARENT, IN_PARENT)
     if env.persist:
         active = _ufw_active(env.run)
     else:
@@ -189,7 +197,8 @@ def live(env, desired):
                            "which does not exist here (is ufw active?)" % PARENT[missing[0]])
         active = True
     sets = xt.ipset_script(desired.policy, xt.list_sets(env.run))
-    loaded = not active or all(c.digest == desired.digest and c.hooked for c in chains.values())
+    loaded = not active or all(c.digest == desired.digest and c.hooked and not xt.in_hook_change(desired.policy, c)
+                               for c in chains.values())
     return common.Live(loaded=loaded, sets=tuple(sets), shown="", extra={"ufw_active": active},
                        state={"chains": chains, "active": active})
 
@@ -199,7 +208,8 @@ def _load_text(plan, fam):
     d, loaded = plan.desired, plan.live.state["chains"][fam]
     stale = [c for c in loaded.names if c not in xt.chains(d.policy, CHAIN_PREFIX)]
     return xt.render(d.policy, d.digest, fam, hook=not loaded.hooked, stale=stale,
-                     prefix=CHAIN_PREFIX, parent=PARENT[fam])
+                     prefix=CHAIN_PREFIX, parent=PARENT[fam], in_hook=xt.in_hook_change(d.policy, loaded),
+                     in_parent=IN_PARENT[fam])
 
 
 def validate(env, plan):
@@ -260,7 +270,8 @@ def remove(env, installed):
         names = xt.our_chains(saved, CHAIN_PREFIX)
         if names:
             hooked = xt.hooked(saved, CHAIN_PREFIX, PARENT[fam])
-            xt.restore(env.run, cmd, xt.remove_text(names, hooked, CHAIN_PREFIX, PARENT[fam]))
+            in_hooked = xt.input_hooked(saved, CHAIN_PREFIX, IN_PARENT[fam])[0]
+            xt.restore(env.run, cmd, xt.remove_text(names, hooked, CHAIN_PREFIX, PARENT[fam], in_hooked, IN_PARENT[fam]))
     xt.destroy_sets(env.run, installed.state["sets"])
 
 

@@ -13,9 +13,18 @@ and the reading and changing of those rules and sets. Not a backend itself.
   port (`--hashlimit-dstmask`), vertical scans with hashlimit per host, floods
   with connlimit (open connections per address) plus hashlimit (rate per address
   and port); a detection adds the prefix to a ban set with a timeout;
+* the prefix sweep follows the connections it saw with the conntrack mark bits of
+  guard_common (CONNMARK): first contacts into a /22 (IPv6 /48) that is not in the
+  confirmation set `torexit_confirm_v4` (`hash:ip netmask 22`, timeout) are limited
+  by hashlimit per prefix and port; a second hook, first in INPUT (ufw:
+  `ufw-before-input`), sends only the replies of marked, unsettled connections to
+  the chain REPLY: reply data confirms the /22, a RST to a first contact counts as
+  a failed one, like a retransmitted SYN in DETECT (hashlimit per prefix and port,
+  one table per direction);
 * rules live in chains of their own (prefix `TOREXIT-`, `TOREXIT-UFW-` for ufw),
   loaded with `iptables-restore --noflush` in one transaction per family, hooked
-  by a single rule; no other chain or rule is touched.
+  by a single rule in OUTPUT (and, with the prefix sweep on, one in INPUT); no
+  other chain or rule is touched.
 
 Counters are the packet counters of rules tagged with a comment naming them
 (guard_common.COUNTERS); the digest of the policy is the comment of the first
@@ -33,9 +42,13 @@ from ansible_collections.torexit.hardening.plugins.module_utils import guard_hos
 
 CHAIN_PREFIX = "TOREXIT-"
 # The chains of one family after the prefix, in declaration order; HSHIT-<n> (one per
-# horizontal-scan level) come between the two groups.
+# horizontal-scan level) come between the two groups, PSHIT-<n> (one per prefix-sweep
+# level that is on) after them.
 HEAD_CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT")
-TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD", "LGHIT", "WIDE", "WIDEHIT")
+TAIL_CHAINS = ("VSHIT", "FLHIT", "FLOOD", "LGHIT", "WIDE", "WIDEHIT", "PSWEEP", "PSFAIL-OUT", "REPLY",
+               "PSFAIL-IN")
+# mark bits: connection seen by the guard / a first contact / settled (guard_common)
+CONTACT, FIRST, SETTLED = common.MARK_CONTACT, common.MARK_FIRST, common.MARK_SETTLED
 SET_PREFIX = "torexit_"
 # Sets of the firewall role's inbound DoS rules (and their refresh's temporary copies):
 # never the guard's, though they share SET_PREFIX.
@@ -107,6 +120,12 @@ def ipsets(policy):
              "options": [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", p["scan_window"])],
              "static": False},
         ]
+        if psweep_on(p):
+            # a /22 (IPv6 /48: the first prefix-sweep level) that sent reply data lately
+            options = [("maxelem", size), ("hashsize", kernel_hashsize(size)),
+                       ("timeout", p["prefix_sweep"]["confirm_time"]), ("netmask", p["prefix_sweep"]["prefixes_" + fam][0])]
+            out.append({"name": SET_PREFIX + "confirm_" + fam, "type": "hash:ip", "family": family,
+                        "options": options, "static": False})
     for ban in common.ban_sets(p):
         options = [("maxelem", size), ("hashsize", kernel_hashsize(size)), ("timeout", ban.ban_time)]
         if ban.detector in ("hscan", "psweep"):
@@ -151,19 +170,42 @@ def ipset_file(policy):
     return "\n".join(lines) + "\n"
 
 
+def psweep_on(policy):
+    return any(policy["prefix_sweep"]["burst"])
+
+
 def chains(policy, prefix=CHAIN_PREFIX):
     """Names of the chains of one family, the entry chain first."""
     names = [prefix + n for n in HEAD_CHAINS]
     names += [prefix + "HSHIT-%d" % i for i in range(len(policy["horizontal_scan"]["prefixes_v4"]))]
     names += [prefix + n for n in TAIL_CHAINS]
+    names += [prefix + "PSHIT-%d" % i for i in range(len(common.psweep_levels(policy, common.FAMILIES[0])))]
     return names
+
+
+def input_hook(prefix=CHAIN_PREFIX):
+    """The rule (after `-A PARENT `) that sends the replies of connections the prefix
+    sweep follows and has not settled to the chain REPLY, as iptables-save prints it."""
+    return "-p tcp -m connmark --mark 0x%08x/0x%08x -j %sREPLY" % (CONTACT, CONTACT | SETTLED, prefix)
+
+
+def _mark(bits, mask=None):
+    return "-m connmark --mark 0x%08x/0x%08x" % (bits, bits if mask is None else mask)
+
+
+def _psweep_meters(p, fam):
+    """(index, prefix length, hashlimit rate, burst, element lifetime in s) of the
+    prefix-sweep levels that are on (the lifetime as guard_nftables keeps a meter's)."""
+    famobj = dict((f.name, f) for f in common.FAMILIES)[fam]
+    return [(i, length, "%d/minute" % rate, burst, max(60, -(-burst * 60 // rate) + 60))
+            for i, (length, burst, rate) in enumerate(common.psweep_levels(p, famobj))]
 
 
 def _hl(name, rate, burst, mode, size, expire_s, mask=None):
     words = ["-m hashlimit --hashlimit-above %s --hashlimit-burst %d --hashlimit-mode %s"
              % (rate, burst, mode)]
     if mask is not None:
-        words.append("--hashlimit-dstmask %d" % mask)
+        words.append("--hashlimit-%smask %d" % ("src" if mode.startswith("src") else "dst", mask))
     words.append("--hashlimit-name %s --hashlimit-htable-max %d --hashlimit-htable-expire %d"
                  % (name, size, expire_s * 1000))
     return " ".join(words)
@@ -226,11 +268,22 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     for rule in common.walk(lambda step, _fam: _step(p, fam, verdict, detect, step), families=False):
         add(guard, rule)
 
-    # a first contact of a host and port can be a scan, a repeated one a flood
+    psweep = psweep_on(p)
+    psweep_chain, pfail_out = prefix + "PSWEEP", prefix + "PSFAIL-OUT"
     flood = prefix + "FLOOD"
+    if psweep:
+        # the kernel retransmits a SYN (no answer yet): the first one was decided
+        add(detect, "-p tcp %s -g %s" % (_mark(CONTACT | FIRST, CONTACT | FIRST | SETTLED), pfail_out))
+        add(detect, "-p tcp %s -j RETURN" % _mark(CONTACT))
+        add(detect, "-p tcp -j CONNMARK --or-mark 0x%08x" % CONTACT)
+    # a first contact of a host and port can be a scan, a repeated one a flood
     add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, flood))
     add(detect, "-p tcp -j SET --add-set %sseen_%s dst,dst" % (S, fam))
-    add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, scan))
+    if psweep:
+        add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -j CONNMARK --or-mark 0x%08x" % (S, fam, FIRST))
+        add(detect, "-p tcp %s -g %s" % (_mark(FIRST), scan))
+    else:
+        add(detect, "-p tcp -m set --match-set %sseen_%s dst,dst -g %s" % (S, fam, scan))
     # reached only when the seen set is full: keep counting strict ports and floods
     add(detect, "-p tcp %s" % _counted("seen_full"))
     add(detect, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, scan))
@@ -249,6 +302,9 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     if ports:
         add(scan, "-p tcp %s -g %s" % (_hl(tag + "vscan_" + fam, common.rate(ports, window), ports, "dstip",
                                            size, window), vshit))
+    if psweep:
+        # a prefix nobody received data from lately: first contacts there are limited
+        add(scan, "-p tcp -m set ! --match-set %sconfirm_%s dst -j %s" % (S, fam, psweep_chain))
     add(scan, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, hs_strict))
     add(scan, "-p tcp -m set --match-set %sweb_ports dst -g %s" % (S, hs_web))
     add(scan, "-p tcp -g %s" % hs_default)
@@ -279,14 +335,50 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     add(vshit, "-p tcp %s %s" % (_counted("detect_vscan"), verdict))
     add(flhit, "-p tcp -j SET --add-set %sban_flood_%s_%d dst,dst" % (S, fam, host))
     add(flhit, "-p tcp %s %s" % (_counted("detect_flood"), verdict))
+    if psweep:
+        _psweep_rules(add, p, fam, tag, _psweep_meters(p, fam), prefix)
     return L
 
 
-def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, parent="OUTPUT"):
+def _psweep_rules(add, p, fam, tag, meters, prefix):
+    """The prefix sweep's meters, bans and failed first contacts (guard_nftables:
+    psweep_*, retransmit, failed_out, input, failed_in). Failed contacts are counted
+    per prefix and port in one hashlimit table per direction (a table keys by the
+    mode of the rule that made it): retransmitted SYNs by destination, RSTs by source."""
+    S = SET_PREFIX
+    size = p["set_size"]
+    verdict = REJECT[p["reject_with"]][0 if fam == "v4" else 1] if p["mode"] == "enforce" else "-j RETURN"
+    psweep_chain, pfail_out, reply, pfail_in = (prefix + n for n in ("PSWEEP", "PSFAIL-OUT", "REPLY", "PSFAIL-IN"))
+    for i, length, rate, burst, keep in meters:
+        add(psweep_chain, "-p tcp %s -g %sPSHIT-%d" % (
+            _hl("%sps_%s_%d" % (tag, fam, length), rate, burst, "dstip,dstport", size, keep, mask=length), prefix, i))
+    for i, length, _rate, _burst, _keep in meters:
+        add("%sPSHIT-%d" % (prefix, i), "-p tcp -j SET --add-set %sban_psweep_%s_%d dst,dst" % (S, fam, length))
+        add("%sPSHIT-%d" % (prefix, i), "-p tcp %s %s" % (_counted("detect_psweep"), verdict))
+    settle = "-j CONNMARK --or-mark 0x%08x" % SETTLED
+    for chain, direction in ((pfail_out, "dst"), (pfail_in, "src")):
+        add(chain, "-p tcp %s %s" % (_counted("psweep_failed"), settle))
+        for _i, length, rate, burst, keep in meters:
+            add(chain, "-p tcp %s %s -j SET --add-set %sban_psweep_%s_%d %s,%s" % (
+                _hl("%spf%s_%s_%d" % (tag, direction[0], fam, length), rate, burst, "%sip,%sport" % (direction, direction),
+                    size, keep, mask=length), _counted("detect_psweep"), S, fam, length, direction, direction))
+    # replies of marked, unsettled connections (the INPUT hook matches only those):
+    # a RST to a first contact is a failed one; data (longer than the largest
+    # IPv4 + TCP header, 20 + 60; IPv6: 40 + 60) confirms the sender's /22
+    add(reply, "-p tcp --tcp-flags RST RST %s -g %s" % (_mark(FIRST), pfail_in))
+    data = "-m length --length %d:65535" % (81 if fam == "v4" else 101)
+    add(reply, "-p tcp %s -j SET --add-set %sconfirm_%s src --exist" % (data, S, fam))
+    add(reply, "-p tcp %s %s" % (data, settle))
+
+
+def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, parent="OUTPUT", in_hook=None,
+           in_parent="INPUT"):
     """One family's `iptables-restore --noflush` input: declares (and so empties)
     our chains, fills them, optionally hooks the entry chain (first rule of
-    OUTPUT; last of ufw's chain for the ufw backend), and deletes our chains that
-    the policy no longer has. Nothing else is touched."""
+    OUTPUT; last of ufw's chain for the ufw backend), adds (in_hook "add"),
+    moves to the top ("move") or deletes ("delete") the reply hook, first rule of
+    `in_parent`, and deletes our chains that the policy no longer has. Nothing
+    else is touched."""
     p = policy
     L = ["# Managed by torexit.hardening.egress_guard (backend %s): changes here are overwritten."
          % ("iptables" if prefix == CHAIN_PREFIX else "ufw"),
@@ -297,6 +389,10 @@ def render(policy, digest, fam, hook=False, stale=(), prefix=CHAIN_PREFIX, paren
     L += rules(p, digest, fam, prefix)
     if hook:
         L.append(("-I OUTPUT 1 -j %sGUARD" if parent == "OUTPUT" else "-A " + parent + " -j %sGUARD") % prefix)
+    if in_hook in ("delete", "move"):
+        L.append("-D %s %s" % (in_parent, input_hook(prefix)))
+    if in_hook in ("add", "move"):
+        L.append("-I %s 1 %s" % (in_parent, input_hook(prefix)))
     L += ["-X %s" % c for c in stale]
     L.append("COMMIT")
     return "\n".join(L) + "\n"
@@ -326,7 +422,7 @@ def our_chains(saved, prefix=CHAIN_PREFIX):
     chains() makes, so other TOREXIT-* chains (the firewall role's TOREXIT-INPUT,
     the ufw backend's TOREXIT-UFW-*) are never taken for ours."""
     fixed = "|".join(re.escape(n) for n in HEAD_CHAINS + TAIL_CHAINS)
-    pattern = re.compile(r"^:(%s(?:%s|HSHIT-\d+)) " % (re.escape(prefix), fixed))
+    pattern = re.compile(r"^:(%s(?:%s|[HP]SHIT-\d+)) " % (re.escape(prefix), fixed))
     return [m.group(1) for m in map(pattern.match, saved.splitlines()) if m]
 
 
@@ -337,6 +433,23 @@ def digest_of(saved, prefix=CHAIN_PREFIX):
 
 def hooked(saved, prefix=CHAIN_PREFIX, parent="OUTPUT"):
     return re.search(r"^(\[\d+:\d+\] )?-A %s -j %sGUARD$" % (parent, re.escape(prefix)), saved, re.M) is not None
+
+
+def input_hooked(saved, prefix=CHAIN_PREFIX, parent="INPUT"):
+    """(hooked, in front): the reply hook is in `parent`, and no rule of `parent` that
+    accepts (`-j ACCEPT`, or a jump to the firewall role's TOREXIT-INPUT, which
+    accepts established traffic) comes before it: replies accepted earlier in the
+    chain never reach it."""
+    rule = re.compile(r"^(?:\[\d+:\d+\] )?-A %s (.*)$" % re.escape(parent))
+    accepted = False
+    for line in saved.splitlines():
+        m = rule.match(line)
+        if not m:
+            continue
+        if m.group(1) == input_hook(prefix):
+            return True, not accepted
+        accepted = accepted or m.group(1).endswith(("-j ACCEPT", "-j TOREXIT-INPUT"))
+    return False, False
 
 
 def list_sets(run, name=None):
@@ -502,25 +615,44 @@ class Chains(NamedTuple):
     hooked: bool            # the parent chain jumps to the entry chain
     names: list             # our chains (guard_xtables.our_chains)
     parent: bool            # the parent chain exists
+    in_hooked: bool = False     # the reply hook (input_hook) is in the input parent chain
+    in_front: bool = False      # ... before any rule there that accepts (input_hooked)
 
 
-def live_state(run, prefix=CHAIN_PREFIX, parents=None):
+def live_state(run, prefix=CHAIN_PREFIX, parents=None, in_parents=None):
     """{fam: Chains} of the loaded rules; `parents` maps the family to the chain
-    holding the hook (default OUTPUT)."""
+    holding the hook (default OUTPUT), `in_parents` to the one holding the reply
+    hook (default INPUT)."""
     out = {}
     for fam, cmd in FAMILY_COMMANDS:
         parent = (parents or {}).get(fam, "OUTPUT")
         saved = save(run, cmd)
         out[fam] = Chains(digest_of(saved, prefix), hooked(saved, prefix, parent), our_chains(saved, prefix),
-                          parent == "OUTPUT" or (":%s " % parent) in saved)
+                          parent == "OUTPUT" or (":%s " % parent) in saved,
+                          *input_hooked(saved, prefix, (in_parents or {}).get(fam, "INPUT")))
     return out
 
 
-def remove_text(chain_names, hook, prefix=CHAIN_PREFIX, parent="OUTPUT"):
+def in_hook_change(policy, loaded):
+    """What render's in_hook must do to the loaded Chains for the policy: "add" the
+    reply hook, "move" it to the top (another rule that accepts came before it, e.g.
+    the firewall role inserted its TOREXIT-INPUT first), "delete" it, or None."""
+    if psweep_on(policy) and not loaded.in_hooked:
+        return "add"
+    if psweep_on(policy) and not loaded.in_front:
+        return "move"
+    if loaded.in_hooked and not psweep_on(policy):
+        return "delete"
+    return None
+
+
+def remove_text(chain_names, hook, prefix=CHAIN_PREFIX, parent="OUTPUT", in_hook=False, in_parent="INPUT"):
     """`iptables-restore --noflush` input that unhooks and deletes our chains."""
     L = ["*filter"]
     if hook:
         L.append("-D %s -j %sGUARD" % (parent, prefix))
+    if in_hook:
+        L.append("-D %s %s" % (in_parent, input_hook(prefix)))
     L += [":%s - [0:0]" % c for c in chain_names]
     L += ["-X %s" % c for c in chain_names]
     L.append("COMMIT")
@@ -533,9 +665,9 @@ def delete(run, prefix=CHAIN_PREFIX):
     for _fam, cmd in FAMILY_COMMANDS:
         saved = save(run, cmd)
         names = our_chains(saved, prefix)
-        hook = hooked(saved, prefix)
-        if names or hook:
-            restore(run, cmd, remove_text(names, hook, prefix))
+        hook, in_hook = hooked(saved, prefix), input_hooked(saved, prefix)[0]
+        if names or hook or in_hook:
+            restore(run, cmd, remove_text(names, hook, prefix, in_hook=in_hook))
             changed = True
     return changed
 

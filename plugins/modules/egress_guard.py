@@ -58,7 +58,9 @@ options:
       - Firewall the guard is rendered for. All backends render the same policy.
       - C(nftables) - the table C(inet torexit_guard), see the description.
       - C(iptables) - chains C(TOREXIT-*) of the filter table (iptables and
-        ip6tables), hooked by one rule at the top of C(OUTPUT), loaded with
+        ip6tables), hooked by one rule at the top of C(OUTPUT) (and, while the
+        prefix sweep is on, one at the top of C(INPUT) that passes only the
+        replies of the connections it follows, by conntrack mark), loaded with
         C(iptables-restore --noflush) so other rules stay untouched; kernel state
         in ipsets C(torexit_*) (ban sets C(torexit_ban_hscan_v4_24) and so on) and
         hashlimit tables. With O(persist), the unit
@@ -66,7 +68,8 @@ options:
         C(netfilter-persistent) restarts or reloads.
       - C(ufw) - the same rules (chains C(TOREXIT-UFW-*)) as a marked block in
         C(/etc/ufw/before.rules) and C(before6.rules), validated with
-        C(iptables-restore --test) and activated with C(ufw reload), so
+        C(iptables-restore --test) and activated with C(ufw reload) (the prefix
+        sweep's reply hook goes first in C(ufw-before-input)), so
         C(ufw disable), C(ufw enable) and reboots behave as ufw users expect.
         The unit C(torexit-egress-guard-ufw-ipsets.service) creates the ipsets
         before ufw starts, as ufw cannot load the block without them. While ufw is

@@ -263,3 +263,58 @@ def test_repeated_logins_ban_host_and_port(lab):
 
 def test_wide_scan_gate_spares_known_hosts(lab):
     check_wide_scan_gate_spares_known_hosts(lab, BASE)
+
+
+# Issue 15: the prefix sweep (web ports included) cuts a sweep and passes a CDN /22
+# that answers with data; shared with the iptables and ufw tests.
+CDN_22 = "198.19.236.0/22"
+
+
+def listen_web(lab, port, data_net=CDN_22):
+    """Like listen(), but every connection to an address of `data_net` gets 600 bytes
+    before the close (a web server's answer); the others get none (a swept host)."""
+    code = ("import socket,select,time,ipaddress\n"
+            "net=ipaddress.ip_network(%r)\n"
+            "s=socket.socket(socket.AF_INET6);s.setsockopt(41,26,0);s.setsockopt(1,2,1)\n"
+            "s.bind(('::',%d));s.listen(4096);s.setblocking(False);end=time.time()+120\n"
+            "while time.time()<end:\n"
+            " select.select([s],[],[],0.5)\n"
+            " while True:\n"
+            "  try: c,_=s.accept()\n"
+            "  except BlockingIOError: break\n"
+            "  a=ipaddress.ip_address(c.getsockname()[0].replace('::ffff:',''))\n"
+            "  try:\n"
+            "   if a.version==4 and a in net: c.sendall(b'x'*600)\n"
+            "  except OSError: pass\n"
+            "  c.close()\n" % (data_net, port))
+    lab.spawn(lab.net, "python3", "-c", code)
+    wait_port(lab, port)
+
+
+def check_web_sweep_is_cut_and_a_cdn_passes(lab, base, info_args):
+    """A CDN-like mix (600 distinct hosts of one /22 plus repeat visits, data on every
+    connection) passes in full; a sequential :443 sweep of 2,000 hosts of another /16
+    that answer without data gets its /16 budget (burst 96, 12/min) and is then cut;
+    refused first contacts (RST) into the confirmed CDN /22 count as failed ones."""
+    listen_web(lab, 443)
+    ansible_module(lab.relay, GUARD, base)
+    cdn = ["198.19.%d.%d" % (236 + i // 250, i % 250 + 1) for i in range(600)]
+    visits = [[h, 443] for h in cdn] + [[h, 443] for h in cdn[:60] * 3]
+    mix = probe(lab, visits, concurrency=20, hold=0)
+    assert mix == {"ok": len(visits), "refused": 0, "timeout": 0}, mix
+    sweep = probe(lab, [["198.18.%d.%d" % (i // 250, i % 250 + 1), 443] for i in range(2000)])
+    assert sweep["ok"] <= 150 and sweep["refused"] >= 1800, sweep
+    # nothing listens on 8443: 300 first contacts into the confirmed /22 are refused
+    refused = probe(lab, [[h, 8443] for h in cdn[:300]])
+    assert refused["ok"] == 0, refused
+    assert probe(lab, [[h, 443] for h in cdn[:50]], hold=0)["ok"] == 50
+    info = ansible_module(lab.relay, "torexit.hardening.egress_guard_info", dict(info_args, show_bans=True))
+    counters = info["counters"]
+    assert counters["detect_psweep"]["packets"] >= 2 and counters["blocked_psweep"]["packets"] >= 1700, counters
+    assert counters["psweep_failed"]["packets"] >= 90, counters
+    keys = sorted(e["key"] for e in info["bans"]["ban_psweep_v4_16"]["entries"])
+    assert keys == ["198.18.0.0 . 443", "198.19.0.0 . 8443"], keys
+
+
+def test_web_sweep_is_cut_and_a_cdn_passes(lab):
+    check_web_sweep_is_cut_and_a_cdn_passes(lab, BASE, {})

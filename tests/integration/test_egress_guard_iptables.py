@@ -6,6 +6,7 @@ from test_egress_guard import (
     assert_monitor_mode_counts_but_blocks_nothing,
     assert_sweep_stopped_and_uploads_pass,
     check_repeated_logins_ban_host_and_port,
+    check_web_sweep_is_cut_and_a_cdn_passes,
     check_wide_scan_gate_spares_known_hosts,
     listen,
     probe,
@@ -40,7 +41,11 @@ def test_apply_idempotence_check_mode_and_absent_removes_only_ours(lab):
     rules = saved(lab)
     assert rules[rules.index(":OUTPUT ACCEPT [0:0]") + 1:].count("-A OUTPUT -j TOREXIT-GUARD") == 1
     assert "-A OUTPUT -j TOREXIT-GUARD" in saved(lab, "ip6tables")
-    assert [r for r in rules if "ufw" in r or "INPUT" in r] == [r for r in before if "ufw" in r or "INPUT" in r]
+    # the prefix sweep's reply hook goes first in INPUT, before the role-like TOREXIT-INPUT; nothing else changes
+    assert [r for r in rules if r.startswith("-A INPUT ")][0] == \
+        "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY"
+    assert [r for r in rules if ("ufw" in r or "INPUT" in r) and "TOREXIT-REPLY" not in r] == \
+        [r for r in before if "ufw" in r or "INPUT" in r]
     second = ansible_module(lab.relay, GUARD, BASE)
     assert second["changed"] is False, second
     assert ansible_module(lab.relay, GUARD, BASE, check=True)["changed"] is False
@@ -112,3 +117,24 @@ def test_repeated_logins_ban_host_and_port(lab):
 
 def test_wide_scan_gate_spares_known_hosts(lab):
     check_wide_scan_gate_spares_known_hosts(lab, BASE)
+
+
+def test_web_sweep_is_cut_and_a_cdn_passes(lab):
+    """With a chain like the firewall role's TOREXIT-INPUT (accepts established
+    traffic) in INPUT: the reply hook goes in front of it, and back in front when the
+    role's hook was inserted before it again; absent removes only the guard's."""
+    inbound = "*filter\n:TOREXIT-INPUT - [0:0]\n-A INPUT -j TOREXIT-INPUT\n" \
+              "-A TOREXIT-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n"
+    lab.ns(lab.relay, "iptables-restore", "--noflush", input=inbound)
+    before = saved(lab)
+    hook = "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY"
+    assert ansible_module(lab.relay, GUARD, BASE)["changed"] is True
+    assert [r for r in saved(lab) if r.startswith("-A INPUT ")] == [hook, "-A INPUT -j TOREXIT-INPUT"]
+    lab.ns(lab.relay, "sh", "-c", "iptables -D INPUT -j TOREXIT-INPUT && iptables -I INPUT 1 -j TOREXIT-INPUT")
+    assert ansible_module(lab.relay, GUARD, BASE)["changed"] is True
+    assert [r for r in saved(lab) if r.startswith("-A INPUT ")] == [hook, "-A INPUT -j TOREXIT-INPUT"]
+    check_web_sweep_is_cut_and_a_cdn_passes(lab, BASE, {"backend": "iptables"})
+    absent = ansible_module(lab.relay, GUARD, {"state": "absent", "backend": "iptables", "persist": False})
+    assert absent["changed"] is True
+    assert saved(lab) == before
+    assert not [r for r in saved(lab, "ip6tables") if "TOREXIT" in r]

@@ -9,7 +9,12 @@ import sys
 
 import pytest
 from conftest import TOP
-from test_egress_guard import assert_sweep_stopped_and_uploads_pass, listen, probe
+from test_egress_guard import (
+    assert_sweep_stopped_and_uploads_pass,
+    check_web_sweep_is_cut_and_a_cdn_passes,
+    listen,
+    probe,
+)
 
 sys.path.insert(0, os.path.join(TOP, "tests", "bench"))
 import ufwlab as ufw_files  # noqa: E402  (shared with the bench's guard-ufw variant)
@@ -128,3 +133,18 @@ def test_a_block_without_end_marker_is_refused(ufwlab):
         f.write("# BEGIN torexit.hardening egress_guard\n")
     result = module(lab, BASE)
     assert result.get("failed") is True and "before.rules" in result["msg"] and "END" in result["msg"], result
+
+
+def test_ufw_web_sweep_is_cut_and_a_cdn_passes(ufwlab):
+    """With persist: false (as the bench loads it) the module changes only ufw's running
+    chains, so it runs without the lab's ufw files: the reply hook goes first in
+    ufw-before-input, before ufw accepts established traffic; absent removes it."""
+    lab = ufwlab
+    assert inside(lab, "ufw --force enable").returncode == 0
+    before = saved(lab)
+    check_web_sweep_is_cut_and_a_cdn_passes(lab, dict(BASE, persist=False), {"backend": "ufw"})
+    rules = saved(lab)
+    first_input = [r for r in rules if r.startswith("-A ufw-before-input ")][0]
+    assert first_input == "-A ufw-before-input -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-UFW-REPLY"
+    assert module(lab, {"state": "absent", "backend": "ufw", "persist": False})["changed"] is True
+    assert saved(lab) == before

@@ -70,7 +70,7 @@ BACKENDS = ("nftables", "iptables", "ufw")
 # iptables and ufw backends (plugins/module_utils/guard_iptables.py, guard_ufw.py)
 CHAIN_PREFIXES = {"iptables": "TOREXIT-", "ufw": "TOREXIT-UFW-"}
 CHAINS = ("GUARD", "DETECT", "SCAN", "HS-STRICT", "HS-WEB", "HS-DEFAULT", "VSHIT", "FLHIT", "FLOOD",
-          "LGHIT", "WIDE", "WIDEHIT")
+          "LGHIT", "WIDE", "WIDEHIT", "PSWEEP", "PSFAIL-OUT", "REPLY", "PSFAIL-IN")
 IPSET_PREFIX = "torexit_"
 DIGEST_TAG = "torexit.hardening egress_guard sha256:"
 SAVE_COMMANDS = ("iptables-save", "ip6tables-save")
@@ -349,7 +349,7 @@ def our_chains(saved, prefix):
     """The guard's chains declared in iptables-save text (only names of
     guard_iptables.chains(), so TOREXIT-UFW-* or the firewall role's
     TOREXIT-INPUT are never taken for the iptables backend's)."""
-    pattern = re.compile(r"^:(%s(?:%s|HSHIT-\d+)) " % (re.escape(prefix), "|".join(re.escape(c) for c in CHAINS)))
+    pattern = re.compile(r"^:(%s(?:%s|[HP]SHIT-\d+)) " % (re.escape(prefix), "|".join(re.escape(c) for c in CHAINS)))
     return [m.group(1) for m in map(pattern.match, saved.splitlines()) if m]
 
 

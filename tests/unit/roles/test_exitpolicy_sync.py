@@ -399,3 +399,26 @@ def test_issue15_ban_sets_become_host_port_and_prefix_port_rejects():
         "ExitPolicy reject 241.2.0.0/16:443",
         "ExitPolicy reject [2001:db8:7::]/48:80",
     ]
+
+
+def test_ipset_prefix_sweep_and_login_bans_become_prefix_and_host_port_lines():
+    """The iptables/ufw backends' psweep and login ipsets, as `ipset save` prints them;
+    the confirmation set (torexit_confirm_v4, not a ban) is not read."""
+    entries, skipped = sync.entries_from_ipset("\n".join([
+        "create torexit_ban_psweep_v4_16 hash:ip,port family inet hashsize 65536 maxelem 262144 timeout 600 "
+        "bucketsize 12 initval 0x1 netmask 16",
+        "add torexit_ban_psweep_v4_16 198.18.0.0,tcp:443 timeout 590",
+        "create torexit_ban_psweep_v6_32 hash:ip,port family inet6 hashsize 65536 maxelem 262144 timeout 600 "
+        "bucketsize 12 initval 0x2 netmask 32",
+        "add torexit_ban_psweep_v6_32 2001:db8::,tcp:80 timeout 600",
+        "create torexit_ban_login_v4_32 hash:ip,port family inet hashsize 65536 maxelem 262144 timeout 600",
+        "add torexit_ban_login_v4_32 198.19.200.7,tcp:22 timeout 300",
+        "create torexit_confirm_v4 hash:ip family inet hashsize 65536 maxelem 262144 timeout 600 netmask 22",
+        "add torexit_confirm_v4 198.19.236.0 timeout 500",
+    ]))
+    assert skipped == 0
+    assert lines(sync.render(sync.select(entries, 500))) == [
+        "ExitPolicy reject 198.18.0.0/16:443",
+        "ExitPolicy reject 198.19.200.7:22",
+        "ExitPolicy reject [2001:db8::]/32:80",
+    ]

@@ -131,7 +131,7 @@ class FakeHost:
 
     def __init__(self, ufw_files=None):
         self.nft_digest = None
-        self.chains = {"iptables": {"OUTPUT": []}, "ip6tables": {"OUTPUT": []}}
+        self.chains = {"iptables": {"INPUT": [], "OUTPUT": []}, "ip6tables": {"INPUT": [], "OUTPUT": []}}
         self.sets = {}
         self.ufw_files = ufw_files or {}
         self.calls, self.fail, self.before_restore = [], None, None
@@ -162,6 +162,7 @@ class FakeHost:
                     with open(path) as f:
                         text = f.read()
                     self.chains[fam]["ufw-before-output"] = []
+                    self.chains[fam]["ufw-before-input"] = []
                     self.restore(fam, text.split("*filter", 1)[1])
             return 0, "Status: active\n", ""
         raise AssertionError("unexpected command %r" % (args,))
@@ -185,7 +186,7 @@ class FakeHost:
 
     def save(self, fam):
         chains = self.chains[fam]
-        lines = ["*filter"] + [":%s %s [0:0]" % (c, "ACCEPT" if c == "OUTPUT" else "-") for c in chains]
+        lines = ["*filter"] + [":%s %s [0:0]" % (c, "ACCEPT" if c in ("INPUT", "OUTPUT") else "-") for c in chains]
         lines += ["-A %s %s" % (c, r) for c in chains for r in chains[c]]
         return "\n".join(lines + ["COMMIT", ""])
 
@@ -245,7 +246,9 @@ class Module(FakeModule):
 
 
 UFW_BEFORE = """*filter
+:ufw-before-input - [0:0]
 :ufw-before-output - [0:0]
+-A ufw-before-input -i lo -j ACCEPT
 -A ufw-before-output -o lo -j ACCEPT
 COMMIT
 """
@@ -263,8 +266,8 @@ def host(tmp_path, monkeypatch):
     for fam, path in files.items():
         monkeypatch.setitem(gu.RULES_FILES, fam, path)
     fake = FakeHost({files["v4"]: "iptables", files["v6"]: "ip6tables"})
-    fake.chains["iptables"]["ufw-before-output"] = []
-    fake.chains["ip6tables"]["ufw6-before-output"] = []
+    fake.chains["iptables"].update({"ufw-before-input": [], "ufw-before-output": []})
+    fake.chains["ip6tables"].update({"ufw6-before-input": [], "ufw6-before-output": []})
     return fake
 
 
@@ -317,7 +320,7 @@ def test_changed_exactly_when_something_changed(host, backend):
     if backend == "nftables":
         host.nft_digest = None
     else:
-        host.chains["iptables"] = {"OUTPUT": [], "ufw-before-output": []}
+        host.chains["iptables"] = {"INPUT": [], "OUTPUT": [], "ufw-before-input": [], "ufw-before-output": []}
         if backend == "ufw":   # ufw reloads its files: the block comes back with them
             assert apply(host, backend, {"vertical_scan": {"ports": 64}})[0]["changed"] is True
             assert loaded(host, backend) == other["digest"]

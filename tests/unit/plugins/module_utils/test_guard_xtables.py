@@ -85,7 +85,7 @@ def test_thresholds_reach_hashlimit_and_connlimit():
 
 
 def test_first_contacts_go_to_scans_and_repeats_to_the_flood_chain():
-    p, digest = policy()
+    p, digest = policy(prefix_sweep={"burst": [0, 0]})
     detect = [r for r in gi.rules(p, digest, "v4") if r.startswith("-A TOREXIT-DETECT ")]
     assert detect[0] == "-A TOREXIT-DETECT -p tcp -m set --match-set torexit_seen_v4 dst,dst -g TOREXIT-FLOOD"
     assert detect[1] == "-A TOREXIT-DETECT -p tcp -j SET --add-set torexit_seen_v4 dst,dst"
@@ -238,3 +238,105 @@ def test_repeated_logins_and_the_wide_scan_gate():
     po, digest_o = policy(login={"rate": 0}, wide_scan={"rate": 0})
     off = gi.rules(po, digest_o, "v4")
     assert not [r for r in off if "LGHIT" in r or "WIDE" in r or "ban_login" in r]
+
+
+def test_prefix_sweep_meters_confirmation_and_failed_contacts():
+    """First contacts into an unconfirmed /22 feed a hashlimit per /16 and port that
+    bans prefix:port; reply data confirms the /22 (ipset netmask 22); a retransmitted
+    SYN (in DETECT) or a RST to a first contact (in REPLY) is a failed contact; the
+    conntrack mark bits are those of guard_common; monitor only counts."""
+    p, digest = policy()
+    rules = gi.rules(p, digest, "v4")
+
+    def chain(name, rs=None):
+        return [r.split(" ", 2)[2] for r in (rules if rs is None else rs) if r.startswith("-A TOREXIT-%s " % name)]
+    assert chain("DETECT")[:3] == [
+        "-p tcp -m connmark --mark 0x60000000/0x70000000 -g TOREXIT-PSFAIL-OUT",
+        "-p tcp -m connmark --mark 0x40000000/0x40000000 -j RETURN",
+        "-p tcp -j CONNMARK --or-mark 0x40000000"]
+    assert chain("DETECT")[5:7] == [
+        "-p tcp -m set --match-set torexit_seen_v4 dst,dst -j CONNMARK --or-mark 0x20000000",
+        "-p tcp -m connmark --mark 0x20000000/0x20000000 -g TOREXIT-SCAN"]
+    scan = chain("SCAN")
+    assert scan[1] == "-p tcp -m set ! --match-set torexit_confirm_v4 dst -j TOREXIT-PSWEEP"
+    assert scan[2].endswith("-g TOREXIT-HS-STRICT")
+    assert chain("PSWEEP") == [
+        "-p tcp -m hashlimit --hashlimit-above 12/minute --hashlimit-burst 96 --hashlimit-mode dstip,dstport "
+        "--hashlimit-dstmask 16 --hashlimit-name tx%s_ps_v4_16 --hashlimit-htable-max 262144 "
+        "--hashlimit-htable-expire 540000 -g TOREXIT-PSHIT-0" % digest[:8]]
+    assert chain("PSHIT-0") == ["-p tcp -j SET --add-set torexit_ban_psweep_v4_16 dst,dst",
+                                '-p tcp -m comment --comment "detect_psweep" -j REJECT --reject-with tcp-reset']
+    assert chain("PSFAIL-OUT")[0] == '-p tcp -m comment --comment "psweep_failed" -j CONNMARK --or-mark 0x10000000'
+    assert chain("PSFAIL-OUT")[1].endswith('--hashlimit-dstmask 16 --hashlimit-name tx%s_pfd_v4_16 '
+                                           '--hashlimit-htable-max 262144 --hashlimit-htable-expire 540000 -m comment '
+                                           '--comment "detect_psweep" -j SET --add-set torexit_ban_psweep_v4_16 '
+                                           'dst,dst' % digest[:8])
+    assert "--hashlimit-mode srcip,srcport --hashlimit-srcmask 16" in chain("PSFAIL-IN")[1]
+    assert chain("PSFAIL-IN")[1].endswith("-j SET --add-set torexit_ban_psweep_v4_16 src,src")
+    assert chain("REPLY") == [
+        "-p tcp --tcp-flags RST RST -m connmark --mark 0x20000000/0x20000000 -g TOREXIT-PSFAIL-IN",
+        "-p tcp -m length --length 81:65535 -j SET --add-set torexit_confirm_v4 src --exist",
+        "-p tcp -m length --length 81:65535 -j CONNMARK --or-mark 0x10000000"]
+    assert (gi.CONTACT, gi.FIRST, gi.SETTLED) == (0x40000000, 0x20000000, 0x10000000)
+    v6 = gi.rules(p, digest, "v6")
+    assert chain("REPLY", v6)[1] == "-p tcp -m length --length 101:65535 -j SET --add-set torexit_confirm_v6 src --exist"
+    assert "--hashlimit-dstmask 32" in chain("PSWEEP", v6)[0]
+    confirm = [s for s in gi.ipsets(p) if s["name"].startswith("torexit_confirm_")]
+    assert [(s["name"], s["type"], dict(s["options"])["netmask"], dict(s["options"])["timeout"]) for s in confirm] == [
+        ("torexit_confirm_v4", "hash:ip", 22, 600), ("torexit_confirm_v6", "hash:ip", 48, 600)]
+
+    # both levels on: one meter, one ban set and one PSHIT chain per level
+    p2, digest2 = policy(prefix_sweep={"burst": [48, 96]})
+    assert [c for c in gi.chains(p2) if "PSHIT" in c] == ["TOREXIT-PSHIT-0", "TOREXIT-PSHIT-1"]
+    assert chain("PSHIT-0", gi.rules(p2, digest2, "v4"))[0].endswith("torexit_ban_psweep_v4_22 dst,dst")
+    # monitor: the ban set fills, nothing is refused
+    pm, digest_m = policy(mode="monitor")
+    assert chain("PSHIT-0", gi.rules(pm, digest_m, "v6"))[1] == '-p tcp -m comment --comment "detect_psweep" -j RETURN'
+    # off: no rule reads or writes the mark, no confirmation set, no reply hook
+    po, digest_o = policy(prefix_sweep={"burst": [0, 0]})
+    off = gi.render(po, digest_o, "v4", hook=True)
+    assert "connmark" not in off.lower() and "confirm" not in off and "PSHIT" not in off and "INPUT" not in off
+    assert not [s for s in gi.ipsets(po) if "confirm" in s["name"] or "psweep" in s["name"]]
+
+
+def test_reply_hook_is_added_moved_in_front_of_accepting_rules_and_deleted():
+    p, digest = policy()
+    po, _digest_o = policy(prefix_sweep={"burst": [0, 0]})
+    hook = "-A INPUT " + gi.input_hook()
+    assert hook == "-A INPUT -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-REPLY"
+    assert gi.input_hooked("*filter\n[3:9] %s\n-A INPUT -j TOREXIT-INPUT\n" % hook) == (True, True)
+    behind = "*filter\n-A INPUT -j TOREXIT-INPUT\n%s\n" % hook
+    assert gi.input_hooked(behind) == (True, False)
+    assert gi.input_hooked("*filter\n-A INPUT -j f2b-sshd\n%s\n" % hook) == (True, True)
+    assert gi.input_hooked("*filter\n-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT\n") == (False, False)
+
+    def loaded(text):
+        return gi.Chains(None, True, [], True, *gi.input_hooked(text))
+    assert gi.in_hook_change(p, loaded("")) == "add"
+    assert gi.in_hook_change(p, loaded(behind)) == "move"
+    assert gi.in_hook_change(p, loaded(hook)) is None
+    assert gi.in_hook_change(po, loaded(hook)) == "delete"
+    assert gi.in_hook_change(po, loaded("")) is None
+    moved = gi.render(p, digest, "v4", in_hook="move").splitlines()
+    assert moved.index("-D INPUT " + gi.input_hook()) < moved.index("-I INPUT 1 " + gi.input_hook())
+    ufw = gi.render(p, digest, "v6", prefix="TOREXIT-UFW-", parent="ufw6-before-output", in_hook="add",
+                    in_parent="ufw6-before-input")
+    assert "-I ufw6-before-input 1 -p tcp -m connmark --mark 0x40000000/0x50000000 -j TOREXIT-UFW-REPLY" in ufw
+    removed = gi.remove_text(["TOREXIT-REPLY"], True, in_hook=True).splitlines()
+    assert removed[1:3] == ["-D OUTPUT -j TOREXIT-GUARD", "-D INPUT " + gi.input_hook()]
+    assert gi.our_chains(":TOREXIT-PSHIT-0 - [0:0]\n:TOREXIT-REPLY - [0:0]\n:TOREXIT-INPUT - [0:0]\n") == [
+        "TOREXIT-PSHIT-0", "TOREXIT-REPLY"]
+
+
+def test_iptables_unit_puts_the_reply_hook_first_after_the_inbound_rules():
+    from ansible_collections.torexit.hardening.plugins.module_utils import guard_iptables as gipt
+    p, _digest = policy()
+    text = gipt.unit_text(p)
+    assert "After=netfilter-persistent.service torexit-inbound-iptables.service" in text
+    for key in ("ExecStart", "ExecReload"):
+        for cmd in ("iptables", "ip6tables"):
+            assert ("%s=/bin/sh -c '%s -D INPUT %s 2>/dev/null; %s -I INPUT 1 %s'"
+                    % (key, cmd, gi.input_hook(), cmd, gi.input_hook())) in text.splitlines()
+    assert "ExecStop=-/bin/sh -c 'iptables -D INPUT %s" % gi.input_hook() in text
+    off = gipt.unit_text(policy(prefix_sweep={"burst": [0, 0]})[0])
+    assert "-I INPUT" not in off and "-D INPUT" in off
