@@ -546,7 +546,7 @@ NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_COUNTER, NFTA_COUNTER_PACKETS = 1, 2
 # the nftables guard's counters of detections that start a ban (detect_wide bans nothing)
 BAN_COUNTERS = ("detect_flood", "detect_hscan", "detect_vscan", "detect_login", "detect_psweep")
-NFT_SET_INTERVAL = 0x4
+NFT_SET_ANONYMOUS, NFT_SET_INTERVAL = 0x1, 0x4
 NFT_SET_ELEM_INTERVAL_END = 0x1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -622,14 +622,19 @@ def nl_dump(msg, attrs):
 
 def parse_sets(messages, table=TABLE[1]):
     """{name: {"flags", "key_len", "timeout" (seconds or None)}} of the sets of
-    `table` in NEWSET messages (a GETSET dump: declarations only, no elements)."""
+    `table` in NEWSET messages (a GETSET dump: declarations only, no elements).
+    Anonymous sets and maps (`__map0`, the guard's verdict maps) are no declarations
+    of ours and are left out, as nft leaves them out of its listing."""
     sets = {}
     for _kind, body in messages:
         attrs = _nlattrs(body)
         if _nlstr(attrs.get(NFTA_SET_TABLE, b"")) != table or NFTA_SET_NAME not in attrs:
             continue
+        flags = _be(attrs.get(NFTA_SET_FLAGS)) or 0
+        if flags & NFT_SET_ANONYMOUS:
+            continue
         timeout = _be(attrs.get(NFTA_SET_TIMEOUT))
-        sets[_nlstr(attrs[NFTA_SET_NAME])] = {"flags": _be(attrs.get(NFTA_SET_FLAGS)) or 0,
+        sets[_nlstr(attrs[NFTA_SET_NAME])] = {"flags": flags,
                                               "key_len": _be(attrs.get(NFTA_SET_KEY_LEN)),
                                               "timeout": timeout // 1000 if timeout else None}
     return sets

@@ -342,7 +342,8 @@ def v6(text):
 
 
 def test_set_declarations_from_a_netlink_dump():
-    first = newset(b"torexit_guard", b"ban_hscan_v4_24", timeout_ms=600000) + newset(b"other", b"x")
+    first = (newset(b"torexit_guard", b"ban_hscan_v4_24", timeout_ms=600000) + newset(b"other", b"x")
+             + newset(b"torexit_guard", b"__map0", flags=0x1 | 0x8))  # anonymous verdict map: not listed
     second = newset(b"torexit_guard", b"optout_v4", key_len=4, flags=0x14) + nlmsg(3, struct.pack("=i", 0))
     messages, done = sync.nl_messages([first])
     assert not done and sync.parse_sets(messages) == {
