@@ -1,11 +1,13 @@
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The demo's "internet": accepts every TCP connection and reads until the peer closes.
+"""The demo's "internet": answers every TCP connection with the address it came from, then reads until the peer closes.
 
 Runs in the demo's internet container, where a local route makes the whole range
 198.19.0.0/16 this container's own and an nftables redirect sends every TCP port to
-the one port this program listens on. Nothing is logged. Stops by itself after
---lifetime seconds.
+the one port this program listens on. The first line it sends is the source address
+of the connection: the relay that opened it, i.e. the exit that carried a Tor stream
+(the drill reports which exit carried what). Nothing is logged or kept. Stops by
+itself after --lifetime seconds.
 """
 
 import argparse
@@ -14,6 +16,9 @@ import asyncio
 
 async def handle(reader, writer):
     try:
+        peer = writer.get_extra_info("peername")
+        writer.write(("%s\n" % (peer[0] if peer else "?")).encode())
+        await writer.drain()
         while await reader.read(65536):
             pass
     except (ConnectionError, OSError):
