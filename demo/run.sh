@@ -114,10 +114,14 @@ echo "collection snapshot: $SNAP (git $(git rev-parse --short HEAD 2>/dev/null |
 
 say "network $NET ($SUBNET) and containers"
 docker network create "${LABEL[@]}" --subnet "$SUBNET" --gateway "$GATEWAY" "$NET" >/dev/null
+# The base image enables Debian's tor, which at boot would try the public Tor network
+# through Docker's NAT: the relays boot without it; the tor_exit role enables and
+# starts it with the demo network's configuration.
 for spec in "${RELAYS[@]}"; do
   IFS=: read -r name rel ip <<<"$spec"
   docker run -d --name "$(relay_c "$name")" --hostname "$name" "${LABEL[@]}" \
-    --network "$NET" --ip "$ip" "${SYSTEMD_FLAGS[@]}" "torexit/debian:$rel" /lib/systemd/systemd >/dev/null
+    --network "$NET" --ip "$ip" "${SYSTEMD_FLAGS[@]}" "torexit/debian:$rel" \
+    sh -c 'rm -f /etc/systemd/system/multi-user.target.wants/tor.service; exec /lib/systemd/systemd' >/dev/null
   echo "  $(relay_c "$name")  Debian $rel  $ip"
 done
 # The internet: the whole fake range is local to it, every TCP port goes to one
