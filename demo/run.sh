@@ -258,8 +258,10 @@ say "abuse drill through Tor from $PFX-client, pinned to each exit in turn: ${DR
 drill_ok=0
 docker exec "$PFX-client" python3 /srv/demo/tordrill.py "${DRILL_ARGS[@]}" --users-after relay3 \
   | tee "$GEN/logs/drill.jsonl" || drill_ok=$?
-# The metrics exporter reads the nftables table (relay1 and relay2).
-for name in relay1 relay2; do
+# The metrics exporter reads the guard of every backend.
+METRICS_ARGS=()
+for name in "${DRILL_RELAYS[@]}"; do
+  METRICS_ARGS+=(--metrics "$name=$GEN/logs/metrics-$name.prom")
   docker exec "$(relay_c "$name")" systemctl start torexit-guard-metrics.service
   docker exec "$(relay_c "$name")" cat /var/lib/prometheus/node-exporter/torexit_guard.prom \
     >"$GEN/logs/metrics-$name.prom"
@@ -295,7 +297,7 @@ fi
 
 say "summary"
 python3 demo/summary.py --changed-second "$changed_second" --drill "$GEN/logs/drill.jsonl" "${SUMMARY_RELAYS[@]}" \
-  --metrics relay1="$GEN/logs/metrics-relay1.prom" --metrics relay2="$GEN/logs/metrics-relay2.prom" || drill_ok=1
+  "${METRICS_ARGS[@]}" || drill_ok=1
 echo
 echo "exit notice:   $URL"
 echo "screenshot:    $SHOT"

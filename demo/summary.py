@@ -27,13 +27,8 @@ def carried(exits, names):
 
 
 def tor_reasons(reasons):
-    """tor's end reasons of the refused streams, e.g. `EXITPOLICY 84`."""
-    out = {}
-    for key, n in reasons.items():
-        status, _, reason = key.partition(":")
-        if status in ("FAILED", "DETACHED", "CLOSED") and reason not in ("-", "DONE", "END"):
-            out[reason] = out.get(reason, 0) + n
-    return ", ".join("%s %d" % kv for kv in sorted(out.items()))
+    """tor's end reasons of the streams that failed, e.g. `EXITPOLICY 80` (streams)."""
+    return ", ".join("%s %d" % kv for kv in sorted(reasons.items()))
 
 
 def verdict(d, addr_of):
@@ -85,7 +80,7 @@ def main():
     if ready:
         print("Tor network: client bootstrapped after %.0f s more, every relay an exit in its consensus after %.0f s more;"
               " exits: %s" % (ready["bootstrap_wait_s"], ready["exits_wait_s"],
-                              ", ".join(names.get(a, a) for a in ready["exits"])))
+                              ", ".join(names[a] for a in ready["exits"] if a in names)))
     print("Every stream: client container -> Tor (3 hops) -> the exit in `carried by` -> 198.19.0.0/16."
           " Pinned to one exit per relay (ExitNodes), except the `users` row.\n")
     fmt = "%-7s %-10s %-8s %-36s %8s %7s %8s %8s  %-20s %s"
@@ -107,9 +102,9 @@ def main():
         relay, path = spec.split("=", 1)
         m = prom(path)
         blocked = ", ".join("%s %d" % (det, m.get(("torexit_guard_blocked_total", det), 0))
-                            for det in ("hscan", "vscan", "flood", "deny", "optout"))
+                            for det in ("hscan", "vscan", "flood", "psweep", "wide", "deny", "optout"))
         detect = ", ".join("%s %d" % (det, m.get(("torexit_guard_detections_total", det), 0))
-                           for det in ("hscan", "vscan", "flood"))
+                           for det in ("hscan", "vscan", "flood", "psweep", "wide"))
         bans = ", ".join("%s %d" % (name, v) for (metric, name), v in sorted(m.items())
                          if metric == "torexit_guard_bans" and v)
         print("\n%s metrics (%s):" % (relay, path))

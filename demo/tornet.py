@@ -102,6 +102,9 @@ def main():
         # reachability too), and take the container's address from the inventory
         "AssumeReachable": 1,
         "Address": "{{ demo_address }}",
+        # a restart (the role's first run restarts tor for its unit limits) waits 2 s
+        # for open circuits, not 30
+        "ShutdownWaitLength": 2,
     }
     write(args.vars, "---\n# Written by demo/tornet.py: the relays join the demo's private Tor network.\n"
           "tor_exit_test_network_options: %s\n" % json.dumps(options, indent=2))
