@@ -6,7 +6,8 @@ Runs in the demo's internet container, where a local route makes the whole range
 198.19.0.0/16 this container's own and an nftables redirect sends every TCP port to
 the one port this program listens on. The first line it sends starts with the source
 address of the connection: the relay that opened it, i.e. the exit that carried a Tor stream
-(the drill reports which exit carried what). Nothing is logged or kept. Stops by
+(the drill reports which exit carried what). A client that starts with "upload N"
+gets "received N" once N bytes arrived. Nothing is logged or kept. Stops by
 itself after --lifetime seconds.
 """
 
@@ -22,9 +23,22 @@ async def handle(reader, writer):
         writer.write(("%s demo internet: every address of 198.19.0.0/16 answers on every port\n"
                       % (peer[0] if peer else "?")).encode())
         await writer.drain()
-        while await reader.read(65536):
-            pass
-    except (ConnectionError, OSError):
+        # "upload N\n" first: read N bytes, then say how many arrived (the drill's proof
+        # that an upload went through); anything else is read and dropped until EOF
+        data = await reader.read(65536)
+        if data.startswith(b"upload ") and b"\n" in data:
+            head, rest = data.split(b"\n", 1)
+            want, got = int(head.split()[1]), len(rest)
+            while got < want:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+            writer.write(b"received %d\n" % got)
+            await writer.drain()
+        while data:
+            data = await reader.read(65536)
+    except (ConnectionError, OSError, ValueError, IndexError):
         pass
     finally:
         writer.close()

@@ -88,6 +88,8 @@ def main():
     ok = bool(rows)
     for d in rows:
         good, text = verdict(d, addr_of)
+        if d.get("mbit_s"):
+            text += " (%.1f Mbit/s, all bytes arrived)" % d["mbit_s"] if good else " (%.1f Mbit/s)" % d["mbit_s"]
         reasons = tor_reasons(d.get("reasons", {}))
         if reasons and d["refused"]:
             text += " [tor: %s]" % reasons

@@ -46,11 +46,17 @@ async def stream(host, port, timeout, send=0, user=None):
         exit_addr = (line.decode(errors="replace").split() or [None])[0]
         if exit_addr is None:
             return "closed", None
-        chunk = b"\0" * 65536
-        while send > 0:
-            writer.write(chunk[:send])
-            await asyncio.wait_for(writer.drain(), timeout)
-            send -= min(send, len(chunk))
+        if send:
+            # the internet says how much arrived: the upload went all the way through Tor
+            writer.write(b"upload %d\n" % send)
+            chunk, left = b"\0" * 65536, send
+            while left > 0:
+                writer.write(chunk[:left])
+                await asyncio.wait_for(writer.drain(), timeout)
+                left -= min(left, len(chunk))
+            answer = await asyncio.wait_for(reader.readline(), timeout)
+            if answer.split() != [b"received", b"%d" % send]:
+                return "short", None
         return "ok", exit_addr
     except asyncio.TimeoutError:
         return "timeout", None
@@ -186,7 +192,8 @@ def main():
         reasons()
         # ordinary use: 4 x 2 MiB to one host, 100 hosts of a CDN's /24 on 443
         c, e, s = run(many([(NET + "4.20", 443)] * 4, 4, 30.0, send=2 << 20))
-        row(name, mode, "upload", "4 x 2 MiB to 198.19.4.20:443", c, e, s, reasons(), ready_s=round(time.monotonic() - t0, 1))
+        row(name, mode, "upload", "4 x 2 MiB to 198.19.4.20:443", c, e, s, reasons(), ready_s=round(time.monotonic() - t0, 1),
+            mbit_s=round(c.get("ok", 0) * (2 << 20) * 8 / max(s, 0.001) / 1e6, 1))
         # (paced as pages load: the guard confirms a /22 that answers, not in the same instant)
         c, e, s = run(many(hosts(5, 1, 100, 443), 20, 15.0, rate=20))
         row(name, mode, "browse", "198.19.5.1-100 port 443, 20/s", c, e, s, reasons())
