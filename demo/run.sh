@@ -34,7 +34,8 @@
 # The summary lists the time per role of both runs (ansible.posix.profile_roles) and
 # the relays-vs-seconds table of every demo so far (results/demo-scaling.tsv).
 #
-# Everything created carries the label torexit.demo=1; `make demo-clean` removes it.
+# Everything created carries the label torexit.demo=1 (=NAME with TOREXIT_LAB=NAME);
+# `make demo-clean` removes it.
 # Traffic never leaves the demo network's reserved ranges (the relays reach the
 # Debian mirror through Docker's NAT only for packages). Tor runs only between the
 # demo's containers: its authorities are the demo's own.
@@ -125,7 +126,8 @@ for spec in "${RELAYS[@]}"; do
   echo "  $(relay_c "$name")  Debian $rel  $ip"
 done
 # The internet: the whole fake range is local to it, every TCP port goes to one
-# listener that accepts and reads; it stops by itself after an hour.
+# listener that answers with the connection's source address (the exit) and reads;
+# it stops by itself after an hour.
 docker run -d --name "$PFX-internet" --hostname internet "${LABEL[@]}" \
   --network "$NET" --ip "$INTERNET_IP" --cap-add NET_ADMIN \
   -v "$TOP/demo:/srv/demo:ro" torexit/debian:12 sh -ec "
