@@ -58,7 +58,6 @@ ExitPolicy accept *:*
 """
 
 
-
 class Control:
     """A tor control connection (TCP port or unix socket with cookie); replies are
     lists of lines. Events, when subscribed, are queued with their arrival time."""
@@ -140,7 +139,6 @@ class Control:
         self.sock.close()
 
 
-
 # --- SOCKS5 through the client ----------------------------------------------------------
 # tor's SOCKS5 replies: stream_end_reason_to_socks5_response() in tor's relay code
 SOCKS_REPLY = {0: "ok", 1: "general", 2: "not_allowed", 3: "net_unreachable", 4: "host_unreachable",
@@ -176,7 +174,6 @@ async def socks_open(port, host, dport, timeout, user=None):
         writer.close()
         return outcome, None, None
     return outcome, reader, writer
-
 
 
 def stream_reasons(events):

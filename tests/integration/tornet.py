@@ -141,7 +141,6 @@ class Node:
             return ""
 
 
-
 class TorNet:
     """Start with `with TorNet() as net:` (or net.start()/net.close())."""
 
