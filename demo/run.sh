@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
 # make demo: a lab fleet of Tor exit relays in containers, hardened with
-# playbooks/harden_exit.yml, then a short abuse drill against a fake internet.
+# playbooks/harden_exit.yml, joined to a private Tor network, then a short abuse
+# drill through Tor against a fake internet.
 #
-#   relays   torexit-demo-relay1 (Debian 12, nftables, enforce), -relay2 (Debian 13,
-#            nftables, monitor, two tor instances), -relay3 (Debian 12, ufw already
-#            in use), -relay4 (Debian 13, iptables, enforce)
-#   internet torexit-demo-internet: answers for all of 198.19.0.0/16 on every port
-#   network  torexit-demo, 198.18.0.0/24 (reserved for benchmarking, RFC 2544)
+#   relays      torexit-demo-relay1 (Debian 12, nftables, enforce), -relay2 (Debian 13,
+#               nftables, monitor, two tor instances), -relay3 (Debian 12, ufw already
+#               in use, exitpolicy), -relay4 (Debian 13, iptables, enforce)
+#   authorities torexit-demo-authorities: 3 directory authorities of a private Tor
+#               network (TestingTorNetwork); the relays are its exits
+#   client      torexit-demo-client: tor with a SocksPort, runs demo/tordrill.py
+#   internet    torexit-demo-internet: answers for all of 198.19.0.0/16 on every port
+#               and tells each connection the address it came from (the exit)
+#   network     torexit-demo, 198.18.0.0/24 (reserved for benchmarking, RFC 2544)
 #
-# Phases: containers, lab set-up, inventory, harden_exit.yml twice (the second run
-# with --diff must change nothing, else the demo fails and lists the tasks that
-# changed), abuse drill, screenshot, summary with timings per phase. More with
+# TOREXIT_LAB=NAME gives the containers and the network names of their own
+# (torexit-demo-NAME-*) and a /24 of their own inside 198.18.0.0/16, so demos of
+# several checkouts can run side by side on one machine; demo-clean then removes
+# only that lab's.
+#
+# Phases: containers and the Tor network's authorities and client, lab set-up,
+# inventory (with the tor_exit role's test-only tor_exit_test_network_options:
+# TestingTorNetwork and the authorities), harden_exit.yml twice (the second run with
+# --diff must change nothing, else the demo fails and lists the tasks that changed),
+# abuse drill through Tor, screenshot, summary with timings per phase. More with
 #   DEMO_EXTRA="fresh-check check undo" bash demo/run.sh
 #   fresh-check  harden_exit.yml --check --diff before the first run (must not fail;
 #                what a dry run cannot show on a fresh host: playbooks/harden_exit.yml)
@@ -22,9 +34,11 @@
 # The summary lists the time per role of both runs (ansible.posix.profile_roles) and
 # the relays-vs-seconds table of every demo so far (results/demo-scaling.tsv).
 #
-# Everything created carries the label torexit.demo=1; `make demo-clean` removes it.
+# Everything created carries the label torexit.demo=1 (=NAME with TOREXIT_LAB=NAME);
+# `make demo-clean` removes it.
 # Traffic never leaves the demo network's reserved ranges (the relays reach the
-# Debian mirror through Docker's NAT only for packages). Tor cannot bootstrap here.
+# Debian mirror through Docker's NAT only for packages). Tor runs only between the
+# demo's containers: its authorities are the demo's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=$PWD
@@ -37,10 +51,23 @@ export ANSIBLE_PIPELINING=true ANSIBLE_FORKS=10
 export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks,ansible.posix.profile_roles PROFILE_TASKS_TASK_OUTPUT_LIMIT=15
 
 GEN=$TOP/results/demo
-NET=torexit-demo
-SUBNET=198.18.0.0/24
-GATEWAY=198.18.0.1
-INTERNET_IP=198.18.0.2
+LAB=${TOREXIT_LAB:-}
+if [ -n "$LAB" ]; then
+  [[ $LAB =~ ^[a-z0-9]{1,20}$ ]] || { echo "demo: TOREXIT_LAB=$LAB: use 1-20 lowercase letters or digits" >&2; exit 2; }
+  PFX=torexit-demo-$LAB
+  OCTET=$(( $(printf '%s' "$LAB" | cksum | cut -d' ' -f1) % 200 + 20 ))
+  export DEMO_LABEL=$LAB
+else
+  PFX=torexit-demo
+  OCTET=0
+  export DEMO_LABEL=1
+fi
+NET=$PFX
+SUBNET=198.18.$OCTET.0/24
+GATEWAY=198.18.$OCTET.1
+INTERNET_IP=198.18.$OCTET.2
+AUTH_IP=198.18.$OCTET.3
+CLIENT_IP=198.18.$OCTET.4
 FAKE_INTERNET=198.19.0.0/16
 # name:debian release:address. RELAYS=N (4-40, default 4): relay1-4 as described
 # above, relay5 and up alternate Debian 12/13 with the group defaults (nftables, enforce).
@@ -51,9 +78,9 @@ if ! [[ $NRELAYS =~ ^[0-9]+$ ]] || [ "$NRELAYS" -lt 4 ] || [ "$NRELAYS" -gt 40 ]
 fi
 RELAYS=()
 for i in $(seq 1 "$NRELAYS"); do
-  RELAYS+=("relay$i:$(( i % 2 ? 12 : 13 )):198.18.0.$((10 + i))")
+  RELAYS+=("relay$i:$(( i % 2 ? 12 : 13 )):198.18.$OCTET.$((10 + i))")
 done
-LABEL=(--label torexit.demo=1)
+LABEL=(--label "torexit.demo=$DEMO_LABEL")
 # The same flags as the platforms in .config/molecule/config.yml.
 SYSTEMD_FLAGS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW
   --security-opt seccomp=unconfined --security-opt apparmor=unconfined
@@ -70,7 +97,7 @@ phase_done() {
   PHASE_START=$now
 }
 say() { printf '\n=== demo: %s\n' "$*"; }
-relay_c() { echo "torexit-demo-$1"; }
+relay_c() { echo "$PFX-$1"; }
 
 say "removing what an earlier demo left"
 bash demo/clean.sh
@@ -88,15 +115,20 @@ echo "collection snapshot: $SNAP (git $(git rev-parse --short HEAD 2>/dev/null |
 
 say "network $NET ($SUBNET) and containers"
 docker network create "${LABEL[@]}" --subnet "$SUBNET" --gateway "$GATEWAY" "$NET" >/dev/null
+# The base image enables Debian's tor, which at boot would try the public Tor network
+# through Docker's NAT: the relays boot without it; the tor_exit role enables and
+# starts it with the demo network's configuration.
 for spec in "${RELAYS[@]}"; do
   IFS=: read -r name rel ip <<<"$spec"
   docker run -d --name "$(relay_c "$name")" --hostname "$name" "${LABEL[@]}" \
-    --network "$NET" --ip "$ip" "${SYSTEMD_FLAGS[@]}" "torexit/debian:$rel" /lib/systemd/systemd >/dev/null
+    --network "$NET" --ip "$ip" "${SYSTEMD_FLAGS[@]}" "torexit/debian:$rel" \
+    sh -c 'rm -f /etc/systemd/system/multi-user.target.wants/tor.service; exec /lib/systemd/systemd' >/dev/null
   echo "  $(relay_c "$name")  Debian $rel  $ip"
 done
 # The internet: the whole fake range is local to it, every TCP port goes to one
-# listener that accepts and reads; it stops by itself after an hour.
-docker run -d --name torexit-demo-internet --hostname internet "${LABEL[@]}" \
+# listener that answers with the connection's source address (the exit) and reads;
+# it stops by itself after an hour.
+docker run -d --name "$PFX-internet" --hostname internet "${LABEL[@]}" \
   --network "$NET" --ip "$INTERNET_IP" --cap-add NET_ADMIN \
   -v "$TOP/demo:/srv/demo:ro" torexit/debian:12 sh -ec "
     ip route add local $FAKE_INTERNET dev lo
@@ -104,7 +136,21 @@ docker run -d --name torexit-demo-internet --hostname internet "${LABEL[@]}" \
     nft add chain ip demo pre '{ type nat hook prerouting priority dstnat; }'
     nft add rule ip demo pre meta l4proto tcp redirect to :7
     exec python3 /srv/demo/internet.py --port 7 --lifetime 3600" >/dev/null
-echo "  torexit-demo-internet  answers for $FAKE_INTERNET  $INTERNET_IP"
+echo "  $PFX-internet  answers for $FAKE_INTERNET  $INTERNET_IP"
+# The private Tor network: authorities in one container, the client in another (tor
+# from the base image, no systemd; they stop after two hours at the latest). Their
+# work directory is mounted at the same path in both.
+TORNET=$GEN/tornet
+mkdir -p "$TORNET"
+docker run -d --name "$PFX-authorities" --hostname authorities "${LABEL[@]}" \
+  --network "$NET" --ip "$AUTH_IP" -v "$TORNET:$TORNET" torexit/debian:12 sleep 7200 >/dev/null
+docker run -d --name "$PFX-client" --hostname client "${LABEL[@]}" \
+  --network "$NET" --ip "$CLIENT_IP" -v "$TORNET:$TORNET" -v "$TOP/demo:/srv/demo:ro" \
+  -v "$TOP/tests/integration/torkit.py:/srv/torkit/torkit.py:ro" -e TORKIT_DIR=/srv/torkit \
+  torexit/debian:12 sleep 7200 >/dev/null
+mkdir -p "$GEN/inventory/group_vars"
+python3 demo/tornet.py --dir "$TORNET" --authorities "$PFX-authorities" --auth-address "$AUTH_IP" \
+  --client "$PFX-client" --vars "$GEN/inventory/group_vars/all.yml"
 
 for spec in "${RELAYS[@]}"; do
   IFS=: read -r name _ _ <<<"$spec"
@@ -114,7 +160,7 @@ for spec in "${RELAYS[@]}"; do
     sleep 1
   done
 done
-phase_done "containers up"
+phase_done "containers up, Tor authorities and client started"
 
 say "lab set-up inside the relays (not part of the collection)"
 for spec in "${RELAYS[@]}"; do
@@ -200,15 +246,24 @@ if [[ " ${DEMO_EXTRA:-} " == *" check "* ]]; then
   [ "$changed_check" -eq 0 ] || { echo "demo: the dry run reported changes:"; changed_tasks "$GEN/logs/harden-3-check.log"; }
 fi
 
-say "abuse drill from relay1 (nftables, enforce), relay2 (nftables, monitor) and relay4 (iptables, enforce) as debian-tor"
-drill_rows=()
-for name in relay1 relay2 relay4; do
-  while IFS= read -r line; do
-    drill_rows+=("$name $line")
-  done < <(docker exec -i "$(relay_c "$name")" runuser -u debian-tor -- python3 - <demo/drill.py)
+# relay1-4: the four set-ups (relays 5 and up repeat relay1's)
+DRILL_RELAYS=(relay1 relay2 relay3 relay4)
+DRILL_ARGS=() SUMMARY_RELAYS=()
+for spec in "${RELAYS[@]}"; do
+  IFS=: read -r name _ ip <<<"$spec"
+  SUMMARY_RELAYS+=(--relay "$name=$ip")
+  [[ " ${DRILL_RELAYS[*]} " == *" $name "* ]] || continue
+  mode=$(awk '/^firewall_guard_mode:/{print $2}' "demo/host_vars/$name.yml")
+  DRILL_ARGS+=(--relay "$name=$ip=${mode:-enforce}")
 done
-# The metrics exporter reads the nftables table (relay1 and relay2).
-for name in relay1 relay2; do
+say "abuse drill through Tor from $PFX-client, pinned to each exit in turn: ${DRILL_ARGS[*]}"
+drill_ok=0
+docker exec "$PFX-client" python3 /srv/demo/tordrill.py "${DRILL_ARGS[@]}" --users-after relay3 \
+  | tee "$GEN/logs/drill.jsonl" || drill_ok=$?
+# The metrics exporter reads the guard of every backend.
+METRICS_ARGS=()
+for name in "${DRILL_RELAYS[@]}"; do
+  METRICS_ARGS+=(--metrics "$name=$GEN/logs/metrics-$name.prom")
   docker exec "$(relay_c "$name")" systemctl start torexit-guard-metrics.service
   docker exec "$(relay_c "$name")" cat /var/lib/prometheus/node-exporter/torexit_guard.prom \
     >"$GEN/logs/metrics-$name.prom"
@@ -216,7 +271,7 @@ done
 phase_done "abuse drill"
 
 say "exit notice screenshot"
-URL="http://198.18.0.11/"
+URL="http://198.18.$OCTET.11/"
 SHOT="$GEN/exit-notice-relay1.png"
 profile=$(mktemp -d)
 timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
@@ -243,10 +298,8 @@ if [[ " ${DEMO_EXTRA:-} " == *" undo "* ]]; then
 fi
 
 say "summary"
-drill_ok=0
-python3 demo/summary.py --changed-second "$changed_second" --mode relay1=enforce --mode relay2=monitor --mode relay4=enforce \
-  --metrics relay1="$GEN/logs/metrics-relay1.prom" --metrics relay2="$GEN/logs/metrics-relay2.prom" \
-  "${drill_rows[@]}" || drill_ok=$?
+python3 demo/summary.py --changed-second "$changed_second" --drill "$GEN/logs/drill.jsonl" "${SUMMARY_RELAYS[@]}" \
+  "${METRICS_ARGS[@]}" || drill_ok=1
 echo
 echo "exit notice:   $URL"
 echo "screenshot:    $SHOT"

@@ -1,6 +1,7 @@
 # Copyright: torexit.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Print the demo's drill table and the guard's counters from the metrics files."""
+"""Print the demo's drill table (through Tor: one row per relay and scenario, with
+the exits that carried the streams) and the guard's counters from the metrics files."""
 
 import argparse
 import json
@@ -19,42 +20,93 @@ def prom(path):
     return out
 
 
+def carried(exits, names):
+    if not exits:
+        return "-"
+    return ", ".join("%s %d" % (names.get(a, a), n) for a, n in sorted(exits.items(), key=lambda x: -x[1]))
+
+
+def tor_reasons(reasons):
+    """tor's end reasons of the streams that failed, e.g. `EXITPOLICY 80` (streams)."""
+    return ", ".join("%s %d" % kv for kv in sorted(reasons.items()))
+
+
+def verdict(d, addr_of):
+    """(good, text) for one row."""
+    scenario, mode = d["scenario"], d["mode"]
+    if "error" in d:
+        return False, d["error"]
+    exits = d.get("exits", {})
+    if scenario == "users":
+        good = d["passed"] == d["attempts"] and d.get("avoid") not in exits
+        return good, ("all reached the /24 through other exits" if good else
+                      "SOME DID NOT ARRIVE" if d["passed"] < d["attempts"] else "CARRIED BY THE REFUSING EXIT")
+    pinned = addr_of.get(d["relay"])
+    elsewhere = sum(n for a, n in exits.items() if a != pinned)
+    if elsewhere:
+        return False, "%d STREAMS LEFT THROUGH ANOTHER EXIT" % elsewhere
+    if scenario in ORDINARY or mode == "monitor":
+        good = d["passed"] == d["attempts"]
+        return good, "all passed, as it should" if good else "SOMETHING WAS BLOCKED"
+    if d["refused"] == 0:
+        return False, "NOT STOPPED"
+    how = "tor refused the rest (exit policy)" if mode == "exitpolicy" else "the guard refused the rest"
+    if mode == "exitpolicy" and "EXITPOLICY" not in tor_reasons(d.get("reasons", {})):
+        return False, "STOPPED, BUT NOT BY THE EXIT POLICY"
+    return True, ("stopped after %d: %s" % (d["passed"], how) if d["passed"]
+                  else "refused from the start (an earlier ban is still active)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--changed-second", type=int, required=True)
     parser.add_argument("--metrics", action="append", default=[], help="RELAY=FILE")
-    parser.add_argument("--mode", action="append", default=[], help="RELAY=MODE")
-    parser.add_argument("rows", nargs="*", help="RELAY JSON, one per drill scenario")
+    parser.add_argument("--relay", action="append", default=[], help="NAME=ADDRESS")
+    parser.add_argument("--drill", required=True, help="the drill's JSON lines (demo/tordrill.py)")
     args = parser.parse_args()
-    modes = dict(m.split("=", 1) for m in args.mode)
+    addr_of = dict(r.split("=", 1) for r in args.relay)
+    names = {a: n for n, a in addr_of.items()}
 
-    fmt = "%-7s %-8s %-8s %-34s %8s %7s %8s %8s  %s"
-    print(fmt % ("relay", "mode", "scenario", "traffic", "attempts", "passed", "refused", "seconds", "verdict"))
-    ok = True
-    for row in args.rows:
-        relay, data = row.split(" ", 1)
-        d = json.loads(data)
-        mode = modes.get(relay, "?")
-        if d["scenario"] in ORDINARY or mode != "enforce":
-            good = d["passed"] == d["attempts"]
-            verdict = "all passed, as it should" if good else "SOMETHING WAS BLOCKED"
-        else:
-            good = d["refused"] > 0
-            verdict = ("NOT STOPPED" if not good else "stopped after %d" % d["passed"] if d["passed"]
-                       else "refused from the start (an earlier ban is still active)")
+    rows, ready = [], None
+    with open(args.drill) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                d = json.loads(line)
+                if d.get("ready"):
+                    ready = d
+                else:
+                    rows.append(d)
+    if ready:
+        print("Tor network: client bootstrapped after %.0f s more, every relay an exit in its consensus after %.0f s more;"
+              " exits: %s" % (ready["bootstrap_wait_s"], ready["exits_wait_s"],
+                              ", ".join(names[a] for a in ready["exits"] if a in names)))
+    print("Every stream: client container -> Tor (3 hops) -> the exit in `carried by` -> 198.19.0.0/16."
+          " Pinned to one exit per relay (ExitNodes), except the `users` row.\n")
+    fmt = "%-7s %-10s %-8s %-36s %8s %7s %8s %8s  %-20s %s"
+    print(fmt % ("relay", "mode", "scenario", "traffic", "attempts", "passed", "refused", "seconds", "carried by", "verdict"))
+    ok = bool(rows)
+    for d in rows:
+        good, text = verdict(d, addr_of)
         if d.get("mbit_s"):
-            verdict += " (%d Mbit/s)" % d["mbit_s"]
+            text += " (%.1f Mbit/s, all bytes arrived)" % d["mbit_s"] if good else " (%.1f Mbit/s)" % d["mbit_s"]
+        reasons = tor_reasons(d.get("reasons", {}))
+        if reasons and d["refused"]:
+            text += " [tor: %s]" % reasons
         ok = ok and good
-        print(fmt % (relay, mode, d["scenario"], d["what"], d["attempts"], d["passed"], d["refused"],
-                     "%.2f" % d["seconds"], verdict))
+        print(fmt % (d["relay"], d.get("mode", "?"), d.get("scenario", "?"), d.get("what", ""), d.get("attempts", 0),
+                     d.get("passed", 0), d.get("refused", 0), "%.2f" % d.get("seconds", 0),
+                     carried(d.get("exits"), names), text))
+    if not rows:
+        print("(no drill rows: see the drill log)")
 
     for spec in args.metrics:
         relay, path = spec.split("=", 1)
         m = prom(path)
         blocked = ", ".join("%s %d" % (det, m.get(("torexit_guard_blocked_total", det), 0))
-                            for det in ("hscan", "vscan", "flood", "deny", "optout"))
+                            for det in ("hscan", "vscan", "flood", "psweep", "wide", "deny", "optout"))
         detect = ", ".join("%s %d" % (det, m.get(("torexit_guard_detections_total", det), 0))
-                           for det in ("hscan", "vscan", "flood"))
+                           for det in ("hscan", "vscan", "flood", "psweep", "wide"))
         bans = ", ".join("%s %d" % (name, v) for (metric, name), v in sorted(m.items())
                          if metric == "torexit_guard_bans" and v)
         print("\n%s metrics (%s):" % (relay, path))

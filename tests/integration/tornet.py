@@ -33,7 +33,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -45,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(TOP, "tests", "bench"))
 import lab as L  # noqa: E402  (the bench's namespaces, server and counters)
+import torkit as K  # noqa: E402  (torrc text, authority keys, control port, SOCKS: shared with the demo)
 import variants as V  # noqa: E402  (the bench's way of running the guard module)
 
 SYNC = os.path.join(TOP, "roles", "tor_exit", "files", "torexit_exitpolicy_sync.py")
@@ -56,44 +56,11 @@ READY_TIMEOUT = 180.0
 PREFIX = "tornet-"
 CLONE_NEWNET = 0x40000000
 _LIBC = ctypes.CDLL(None, use_errno=True)   # setns(2): os.setns needs Python 3.12
-
-COMMON = """TestingTorNetwork 1
-RunAsDaemon 0
-ShutdownWaitLength 0
-PathsNeededToBuildCircuits 0.67
-TestingDirAuthVoteExit *
-TestingDirAuthVoteGuard *
-TestingDirAuthVoteHSDir *
-V3AuthNIntervalsValid 2
-TestingMinExitFlagThreshold 0
-Address 127.0.0.1
-ContactInfo torexit-lab
-SafeLogging 1
-"""
-AUTHORITY = """AuthoritativeDirectory 1
-V3AuthoritativeDirectory 1
-AssumeReachable 1
-ExitRelay 0
-ExitPolicy reject *:*
-V3AuthVotingInterval 20
-V3AuthVoteDelay 4
-V3AuthDistDelay 4
-TestingV3AuthInitialVotingInterval 20
-TestingV3AuthInitialVoteDelay 4
-TestingV3AuthInitialDistDelay 4
-"""
-# accept *:* (see the lab notes): the exits' namespace reaches only the lab internet.
-# `reject *:25` first, as in every real exit policy (tor's default and the reduced
-# policy reject 25): with an exact accept-all policy a client that meets one
-# EXITPOLICY refusal stops using the exit for every stream ("seems to be more
-# restrictive than its exit policy": adjust_exit_policy_from_exitpolicy_failure()
-# in tor's relay.c, when node_exit_policy_is_exact()), which real exits never see.
-EXIT = """AssumeReachable 1
-ExitRelay 1
-IPv6Exit 0
-ExitPolicy reject *:25
-ExitPolicy accept *:*
-"""
+ADDRESS = "127.0.0.1"                          # every node listens here, in one namespace
+COMMON = K.COMMON + "Address %s\n" % ADDRESS
+AUTHORITY, EXIT = K.AUTHORITY, K.EXIT
+Control, SOCKS_REPLY, socks_open, stream_reasons = K.Control, K.SOCKS_REPLY, K.socks_open, K.stream_reasons
+HDR = struct.Struct("!IIH")   # the lab server's request header (tests/bench/server.py)
 
 
 def sh(*cmd, check=True, timeout=60, inp=None):
@@ -172,87 +139,6 @@ class Node:
                 return f.read()
         except OSError:
             return ""
-
-
-class Control:
-    """A tor control connection (TCP port or unix socket with cookie); replies are
-    lists of lines. Events, when subscribed, are queued with their arrival time."""
-
-    def __init__(self, where, cookie=None, timeout=10.0):
-        if isinstance(where, str):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(where)
-        self.f = self.sock.makefile("rb")
-        self.events = []
-        self.lock = threading.Lock()
-        self.reader = None
-        auth = "AUTHENTICATE %s" % open(cookie, "rb").read().hex() if cookie else "AUTHENTICATE"
-        self.cmd(auth)
-
-    def _reply(self):
-        lines = []
-        while True:
-            raw = self.f.readline()
-            if not raw:
-                raise ConnectionError("control connection closed")
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            lines.append(line)
-            if len(line) >= 4 and line[3] == "+":  # data block up to "."
-                while True:
-                    d = self.f.readline().decode(errors="replace").rstrip("\r\n")
-                    if d == ".":
-                        break
-                    lines.append(d)
-            elif len(line) >= 4 and line[3] == " ":
-                return lines
-
-    def cmd(self, line):
-        self.sock.sendall((line + "\r\n").encode())
-        lines = self._reply()
-        if not lines[-1].startswith("250"):
-            raise RuntimeError("tor control %r: %s" % (line.split()[0], lines[-1]))
-        return lines
-
-    def getinfo(self, key):
-        lines = self.cmd("GETINFO " + key)
-        first = lines[0][4:]
-        if first.startswith(key + "="):
-            rest = first[len(key) + 1:]
-            return "\n".join(([rest] if rest else []) + list(lines[1:-1]))
-        return "\n".join(lines[1:-1])
-
-    def subscribe(self, *events):
-        """SETEVENTS, then read events in a thread; self.events gets (time, line)."""
-        self.cmd("SETEVENTS " + " ".join(events))
-        self.sock.settimeout(None)
-
-        def read():
-            try:
-                while True:
-                    raw = self.f.readline()
-                    if not raw:
-                        return
-                    with self.lock:
-                        self.events.append((time.monotonic(), raw.decode(errors="replace").rstrip("\r\n")))
-            except (OSError, ValueError):
-                return
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-
-    def take(self):
-        with self.lock:
-            ev, self.events = self.events, []
-        return ev
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
 
 class TorNet:
@@ -359,28 +245,12 @@ class TorNet:
         os.chown(self.hx.torrc_d, 0, user.pw_gid)
         os.chmod(self.hx.torrc_d, 0o2755)
 
-    def _authority_keys(self, node):
-        keys = os.path.join(node.data, "keys")
-        os.makedirs(keys, mode=0o700)
-        sh("tor-gencert", "--create-identity-key", "-m", "12", "-a", "127.0.0.1:%d" % node.dirport,
-           "-i", os.path.join(keys, "authority_identity_key"), "-s", os.path.join(keys, "authority_signing_key"),
-           "-c", os.path.join(keys, "authority_certificate"), "--passphrase-fd", "0", inp="\n")
-        with open(os.path.join(keys, "authority_certificate")) as f:
-            node.v3ident = next(line.split()[1] for line in f if line.startswith("fingerprint "))
-        placeholder = "placeholder orport=1 no-v2 v3ident=%s 127.0.0.1:1 %s" % ("0" * 40, "0" * 40)
-        empty = os.path.join(self.work, "empty-torrc")   # tor reads no config from /dev/null
-        open(empty, "a").close()
-        out = sh("tor", "--list-fingerprint", "--defaults-torrc", empty, "-f", empty,
-                 "--DataDirectory", node.data, "--ORPort", str(node.orport), "--Nickname", node.name,
-                 "--DirAuthority", placeholder, "--Log", "err stderr").stdout
-        line = [x for x in out.splitlines() if x.startswith(node.name + " ")][-1]
-        node.fingerprint = "".join(line.split()[1:])
-
     def _write_configs(self):
-        for node in self.auths:
-            self._authority_keys(node)
-        dirauth = "".join("DirAuthority %s orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s\n" % (
-            a.name, a.orport, a.v3ident, a.dirport, a.fingerprint) for a in self.auths)
+        open(os.path.join(self.work, "empty-torrc"), "a").close()   # tor reads no config from /dev/null
+        for a in self.auths:
+            a.v3ident, a.fingerprint = K.authority_keys(a.data, a.name, ADDRESS, a.orport, a.dirport)
+        dirauth = "".join("DirAuthority %s\n" % K.dirauth_line(a.name, ADDRESS, a.orport, a.dirport, a.v3ident, a.fingerprint)
+                          for a in self.auths)
         for node in self.nodes:
             text = ""
             if node is self.hx:
@@ -651,44 +521,7 @@ class TorNet:
             return []
 
 
-# --- SOCKS5 through the client ----------------------------------------------------------
-# tor's SOCKS5 replies: stream_end_reason_to_socks5_response() in tor's relay code
-SOCKS_REPLY = {0: "ok", 1: "general", 2: "not_allowed", 3: "net_unreachable", 4: "host_unreachable",
-               5: "refused", 6: "ttl_expired", 7: "cmd", 8: "addr_type"}
-HDR = struct.Struct("!IIH")   # the lab server's request header (tests/bench/server.py)
-
-
-async def socks_open(port, host, dport, timeout, user=None):
-    """Open a stream; returns (outcome, reader, writer); outcome "ok" or why not.
-    `user`: a SOCKS username; tor isolates streams of different users on
-    different circuits (IsolateSOCKSAuth), as for separate Tor users."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return "socks_down", None, None
-    try:
-        if user:
-            name = user.encode()
-            writer.write(b"\x05\x01\x02")
-            await asyncio.wait_for(reader.readexactly(2), timeout)
-            writer.write(b"\x01" + bytes([len(name)]) + name + b"\x01x")
-            await asyncio.wait_for(reader.readexactly(2), timeout)
-        else:
-            writer.write(b"\x05\x01\x00")
-            await asyncio.wait_for(reader.readexactly(2), timeout)
-        writer.write(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", dport))
-        head = await asyncio.wait_for(reader.readexactly(10), timeout)
-        outcome = SOCKS_REPLY.get(head[1], "reply_%d" % head[1])
-    except asyncio.TimeoutError:
-        outcome = "timeout"
-    except (OSError, asyncio.IncompleteReadError):
-        outcome = "error"
-    if outcome != "ok":
-        writer.close()
-        return outcome, None, None
-    return outcome, reader, writer
-
-
+# --- requests through the client (SOCKS5: torkit.socks_open) -------------------------------
 async def socks_request(port, host, dport, timeout=20.0, up=64, down=256, rtts=0, user=None):
     """One request through Tor to the lab server: connect, upload `up` bytes, read
     `down` bytes. Returns "ok" or the failure."""
@@ -759,20 +592,6 @@ async def socks_many(port, pairs, concurrency=20, rate=None, seconds=60.0, timeo
         # each request may take `attempts` tries of up to `timeout` each
         await asyncio.wait(tasks, timeout=attempts * timeout + 5)
     return {"tried": len(tasks), "counts": counts, "first_s": first, "elapsed_s": round(time.monotonic() - t0, 2)}
-
-
-def stream_reasons(events):
-    """Counts of STREAM events by (status, REMOTE_REASON or REASON): only reasons
-    and counts, never the target."""
-    out = {}
-    for _t, line in events:
-        words = line.split()
-        if len(words) < 4 or words[1] != "STREAM":
-            continue
-        kv = dict(w.split("=", 1) for w in words[5:] if "=" in w)
-        key = "%s:%s" % (words[3], kv.get("REMOTE_REASON") or kv.get("REASON") or "-")
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 def main(argv=None):

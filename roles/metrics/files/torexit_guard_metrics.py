@@ -315,7 +315,9 @@ def read_nft(run=run_command, netlink=Netlink, nft="nft"):
         if _missing_table(rc, err):
             return None
         raise ReadError("nft failed (exit %d): %s" % (rc, err.strip()[:200]))
-    listed = [obj["set"] for obj in json.loads(out).get("nftables", []) if "set" in obj]
+    # nft 1.0.6 (Debian 12) lists the sets of every table here, the inbound table's too
+    listed = [obj["set"] for obj in json.loads(out).get("nftables", [])
+              if "set" in obj and obj["set"].get("table", table) == table and obj["set"].get("family", family) == family]
     try:
         link = netlink()
         try:

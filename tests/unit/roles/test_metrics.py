@@ -259,6 +259,18 @@ def test_nftables_netlink_reading_equals_the_full_json_listing():
     assert calls == [list(NFT_SETS)]
 
 
+def test_nftables_sets_of_other_tables_in_the_listing_are_ignored():
+    """nft 1.0.6 (Debian 12) answers `list sets table inet torexit_guard` with the sets
+    of every table: a set of the inbound table must not be looked up in the guard's
+    (the kernel says no such set, and the whole guard read as not loaded)."""
+    listing = json.loads(fixture("nft-sets.json"))
+    listing["nftables"].append({"set": {"family": "inet", "name": "dos_conn_v4", "table": "torexit_inbound",
+                                        "type": "ipv4_addr", "handle": 9, "size": 65536, "flags": ["dynamic"]}})
+    state = metrics.read_nft(fake_run({NFT_SETS: (0, json.dumps(listing), "")}), replay_netlink())
+    assert state is not None and state["backend"] == "nftables"
+    assert "dos_conn_v4" not in state["sets"] and state["sets"]["ban_hscan_v4_24"] == (2, 1024)
+
+
 def test_nftables_netlink_requests_name_only_the_guard_table():
     sock = ReplaySocket(json.loads(fixture("nl-record.json")))
     link = metrics.Netlink(sock)
