@@ -307,6 +307,14 @@ def _missing_table(rc, err):
     return rc == 127 or "No such file or directory" in err or "does not exist" in err
 
 
+def table_sets(doc, table):
+    """The set objects of `nft -j -t list sets table inet TABLE` that belong to that
+    table: nft 1.0.6 (Debian 12) ignores the table there and lists the sets of every
+    table, e.g. the firewall role's inbound table beside the guard's."""
+    return [obj["set"] for obj in doc.get("nftables", [])
+            if "set" in obj and obj["set"].get("table") == table and obj["set"].get("family") == TABLE[0]]
+
+
 def read_nft(run=run_command, netlink=Netlink, nft="nft"):
     """The nftables guard's state, or None when the table is not loaded (or no nft)."""
     family, table = TABLE
@@ -315,9 +323,7 @@ def read_nft(run=run_command, netlink=Netlink, nft="nft"):
         if _missing_table(rc, err):
             return None
         raise ReadError("nft failed (exit %d): %s" % (rc, err.strip()[:200]))
-    # nft 1.0.6 (Debian 12) lists the sets of every table here, the inbound table's too
-    listed = [obj["set"] for obj in json.loads(out).get("nftables", [])
-              if "set" in obj and obj["set"].get("table", table) == table and obj["set"].get("family", family) == family]
+    listed = table_sets(json.loads(out), table)
     try:
         link = netlink()
         try:
@@ -426,8 +432,8 @@ def read_inbound(run=run_command, netlink=Netlink, nft="nft"):
     if rc != 0:
         return None
     try:
-        sizes = {obj["set"]["name"]: obj["set"].get("size") for obj in json.loads(out).get("nftables", [])
-                 if "set" in obj and obj["set"].get("name") in INBOUND_SETS}
+        sizes = {s["name"]: s.get("size") for s in table_sets(json.loads(out), INBOUND_TABLE)
+                 if s.get("name") in INBOUND_SETS}
     except ValueError:
         return None
     if not sizes:

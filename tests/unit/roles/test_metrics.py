@@ -2,6 +2,7 @@
 """roles/metrics/files/torexit_guard_metrics.py: reading all three backends (recorded
 outputs), rendering, atomic writes."""
 
+import errno
 import json
 import os
 import re
@@ -259,16 +260,38 @@ def test_nftables_netlink_reading_equals_the_full_json_listing():
     assert calls == [list(NFT_SETS)]
 
 
+class KernelReplaySocket(ReplaySocket):
+    """ReplaySocket that answers a request outside the recording as the kernel does
+    for a table or set it does not hold: an NLMSG_ERROR with ENOENT."""
+
+    def send(self, data):
+        try:
+            return super().send(data)
+        except AssertionError:
+            seq = struct.unpack_from("=I", data, 8)[0]
+            self.requests.append(data)
+            self.pending.append(struct.pack("=IHHIIi", 36, metrics.NLMSG_ERROR, 0, seq, 0, -errno.ENOENT)
+                                + data[:16])
+            return len(data)
+
+
 def test_nftables_sets_of_other_tables_in_the_listing_are_ignored():
-    """nft 1.0.6 (Debian 12) answers `list sets table inet torexit_guard` with the sets
-    of every table: a set of the inbound table must not be looked up in the guard's
-    (the kernel says no such set, and the whole guard read as not loaded)."""
-    listing = json.loads(fixture("nft-sets.json"))
-    listing["nftables"].append({"set": {"family": "inet", "name": "dos_conn_v4", "table": "torexit_inbound",
-                                        "type": "ipv4_addr", "handle": 9, "size": 65536, "flags": ["dynamic"]}})
-    state = metrics.read_nft(fake_run({NFT_SETS: (0, json.dumps(listing), "")}), replay_netlink())
-    assert state is not None and state["backend"] == "nftables"
-    assert "dos_conn_v4" not in state["sets"] and state["sets"]["ban_hscan_v4_24"] == (2, 1024)
+    """nft 1.0.6 (Debian 12) ignores the table in `list sets table inet torexit_guard`
+    and lists the sets of every table: with the firewall role's inbound table loaded,
+    its sets came first, their element dumps in torexit_guard failed with ENOENT, and
+    the file said torexit_guard_up 0 for a loaded guard (seen in the demo)."""
+    guard = json.loads(fixture("nft-sets.json"))
+    # as nft 1.0.6 printed it in the demo: the inbound table's sets, then the guard's
+    inbound = json.loads(fixture("nft-sets-inbound-table.json"))
+    both = {"nftables": guard["nftables"][:1] + inbound["nftables"] + guard["nftables"][1:]}
+    record = json.loads(fixture("nl-record.json"))
+    sock = KernelReplaySocket(record)
+    state = metrics.read_nft(fake_run({NFT_SETS: (0, json.dumps(both), "")}), lambda: metrics.Netlink(sock))
+    alone = metrics.read_nft(fake_run({NFT_SETS: (0, fixture("nft-sets.json"), "")}), replay_netlink())
+    assert state is not None and state == alone
+    # no element dump asked for a set of the inbound table
+    assert not any(name in r for r in sock.requests for name in (b"ssh_meter_v4\0", b"dos_conn_v4\0"))
+    assert "torexit_guard_up 1" in metrics.render(state)
 
 
 def test_nftables_netlink_requests_name_only_the_guard_table():
