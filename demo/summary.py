@@ -87,6 +87,10 @@ def main():
     print(fmt % ("relay", "mode", "scenario", "traffic", "attempts", "passed", "refused", "seconds", "carried by", "verdict"))
     ok = bool(rows)
     for d in rows:
+        if "error" in d:  # the drill could not start this relay's rows
+            ok = False
+            print("%-7s %s" % (d["relay"], "FAILED: " + d["error"]))
+            continue
         good, text = verdict(d, addr_of)
         if d.get("mbit_s"):
             text += " (%.1f Mbit/s, all bytes arrived)" % d["mbit_s"] if good else " (%.1f Mbit/s)" % d["mbit_s"]

@@ -171,22 +171,24 @@ def main():
     def run(coro):
         return asyncio.run(coro)
 
-    last_newnym = [0.0]
-
-    def newnym():
-        """NEWNYM: circuits built before it carry no new stream. tor delays a NEWNYM
-        that comes within 10 s of the last one, and circuits it built meanwhile (for
-        the unpinned users, ahead of time) would carry the next relay's streams: wait."""
-        wait = last_newnym[0] + 10.5 - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+    def new_circuits():
+        """NEWNYM, and close every circuit: clean circuits built while another exit (or
+        none) was pinned would carry the next relay's streams otherwise (seen after the
+        unpinned users' step; NEWNYM alone leaves clean circuits, and tor delays it
+        within 10 s of the last one)."""
         ctl.cmd("SIGNAL NEWNYM")
-        last_newnym[0] = time.monotonic()
+        for line in ctl.getinfo("circuit-status").splitlines():
+            words = line.split()
+            if words and words[0].isdigit():
+                try:
+                    ctl.cmd("CLOSECIRCUIT %s" % words[0])
+                except RuntimeError:  # closed meanwhile
+                    pass
 
     ok = True
     for index, (name, addr, mode) in enumerate(relays):
         ctl.cmd("SETCONF ExitNodes=%s StrictNodes=1" % addr)
-        newnym()
+        new_circuits()
         # a first stream through this exit (a new circuit may need a few tries)
         t0 = time.monotonic()
         while True:
@@ -195,6 +197,7 @@ def main():
                 break
             if outcome == "ok":
                 outcome = "carried by another exit"
+                new_circuits()
             if time.monotonic() - t0 > 90:
                 print(json.dumps({"relay": name, "error": "no stream through %s within 90 s (%s)" % (addr, outcome)}),
                       flush=True)
@@ -219,7 +222,7 @@ def main():
             # Tor users who do not pin an exit, one circuit each, ask for the /24 this
             # relay refused; a stream refused by it is retried on a new circuit
             ctl.cmd("RESETCONF ExitNodes StrictNodes")
-            newnym()
+            new_circuits()
             time.sleep(0.5)
             c, e, s = run(many(hosts(third, 201, 212, 22), 12, 15.0, users="user", attempts=3))
             row("any", "-", "users", "12 Tor users to 198.19.%d.201-212 port 22" % third, c, e, s, reasons(),
