@@ -40,12 +40,7 @@ def render(tmp_dir, mode, net_rate=0):
         f.write(PLAYBOOK.format(defaults=os.path.join(TOP, "roles/firewall/defaults/main.yml"),
                                 template=os.path.join(TOP, "roles/firewall/templates/inbound.nft.j2"),
                                 dest=dest, mode=mode, net_rate=int(net_rate)))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    proc = subprocess.run([os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-c", "local", book],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError("rendering inbound.nft.j2 (mode %s) failed:\n%s" % (mode, proc.stdout[-2000:]))
+    _render(book, "inbound.nft.j2", mode)
     return dest
 
 
@@ -127,13 +122,18 @@ def render_xt(tmp_dir, mode, net_rate=0):
             .replace("MODE", mode).replace("NETRATE", str(int(net_rate))))
     with open(book, "w") as f:
         f.write(text)
+    _render(book, "inbound.iptables.j2", mode)
+    return {"ipset": dest + ".ipset", 4: dest + ".ip4", 6: dest + ".ip6"}
+
+
+def _render(book, template, mode):
+    """Run a local rendering playbook of render() or render_xt()."""
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(TOP, ".cache", "collections"),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     proc = subprocess.run([os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-c", "local", book],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     if proc.returncode != 0:
-        raise RuntimeError("rendering inbound.iptables.j2 (mode %s) failed:\n%s" % (mode, proc.stdout[-2000:]))
-    return {"ipset": dest + ".ipset", 4: dest + ".ip4", 6: dest + ".ip6"}
+        raise RuntimeError("rendering %s (mode %s) failed:\n%s" % (template, mode, proc.stdout[-2000:]))
 
 
 def load_xt(lab, files):

@@ -23,15 +23,21 @@ def listen(lab, port):
     """Accept-and-close server for every address of the internet namespace. It
     empties the accept queue on every wake-up, so connections do not wait
     unaccepted (and open) behind a slow server."""
-    code = ("import socket,select,time\n"
+    _serve(lab, port)
+
+
+def _serve(lab, port, head="", on_accept=""):
+    """The accept-and-close loop of listen() and listen_web(): `head` runs once at the
+    start, `on_accept` (lines indented by two) for each accepted connection `c`."""
+    code = ("import socket,select,time\n" + head +
             "s=socket.socket(socket.AF_INET6);s.setsockopt(41,26,0);s.setsockopt(1,2,1)\n"
             "s.bind(('::',%d));s.listen(4096);s.setblocking(False);end=time.time()+120\n"
             "while time.time()<end:\n"
             " select.select([s],[],[],0.5)\n"
             " while True:\n"
             "  try: c,_=s.accept()\n"
-            "  except BlockingIOError: break\n"
-            "  c.close()\n" % port)
+            "  except BlockingIOError: break\n" % port + on_accept +
+            "  c.close()\n")
     lab.spawn(lab.net, "python3", "-c", code)
     wait_port(lab, port)
 
@@ -273,22 +279,11 @@ CDN_22 = "198.19.236.0/22"
 def listen_web(lab, port, data_net=CDN_22):
     """Like listen(), but every connection to an address of `data_net` gets 600 bytes
     before the close (a web server's answer); the others get none (a swept host)."""
-    code = ("import socket,select,time,ipaddress\n"
-            "net=ipaddress.ip_network(%r)\n"
-            "s=socket.socket(socket.AF_INET6);s.setsockopt(41,26,0);s.setsockopt(1,2,1)\n"
-            "s.bind(('::',%d));s.listen(4096);s.setblocking(False);end=time.time()+120\n"
-            "while time.time()<end:\n"
-            " select.select([s],[],[],0.5)\n"
-            " while True:\n"
-            "  try: c,_=s.accept()\n"
-            "  except BlockingIOError: break\n"
-            "  a=ipaddress.ip_address(c.getsockname()[0].replace('::ffff:',''))\n"
-            "  try:\n"
-            "   if a.version==4 and a in net: c.sendall(b'x'*600)\n"
-            "  except OSError: pass\n"
-            "  c.close()\n" % (data_net, port))
-    lab.spawn(lab.net, "python3", "-c", code)
-    wait_port(lab, port)
+    _serve(lab, port, head="import ipaddress\nnet=ipaddress.ip_network(%r)\n" % data_net,
+           on_accept=("  a=ipaddress.ip_address(c.getsockname()[0].replace('::ffff:',''))\n"
+                      "  try:\n"
+                      "   if a.version==4 and a in net: c.sendall(b'x'*600)\n"
+                      "  except OSError: pass\n"))
 
 
 def check_web_sweep_is_cut_and_a_cdn_passes(lab, base, info_args):
