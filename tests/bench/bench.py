@@ -10,7 +10,7 @@
                         (tests/bench/torbench.py, ~15 min): results/bench/bench-tor.*
                         The full bench runs them after the namespace rows.
     bench.py --scenario inbound    only the inbound ORPort flood rows (tests/bench/inbound.py,
-                        ~2 min): results/bench/bench-inbound.*; also part of the full bench.
+                        ~3 min; nftables and iptables): results/bench/bench-inbound.*; also part of the full bench.
 
 Exit code: 0 when every guard variant meets every target, 1 otherwise.
 All numbers in the outputs come from counters read during this run.
@@ -721,7 +721,7 @@ def main():
     ap.add_argument("--scenario", action="append", default=[],
                     help="run only this scenario (repeatable): cpu, sweep, flood, benign, guess, busy, "
                          "websweep, wide, fill, tor (the rows through a private Tor network) or inbound "
-                         "(the ORPort flood against the firewall role's inbound table)")
+                         "(the ORPort flood against the firewall role's inbound rules, nftables and iptables)")
     ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
