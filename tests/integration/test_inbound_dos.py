@@ -279,3 +279,19 @@ def test_retransmitted_syn_is_not_counted(lab, tmp_path, backend):
     assert out == {src: "ok" for src in srcs}, (out, hits)
     assert hits["dos_rate_hits"] == 0 and hits["dos_blocked_hits"] == 0, hits
     assert backend.set_size(lab, "dos_blocked_v4") == 0 and backend.set_size(lab, "dos_blocked_v6") == 0
+
+
+def test_iptables_reload_applies_a_changed_burst(lab, tmp_path):
+    """A host that ran the old default (burst 9) gets the new one (1) on reload: xt_hashlimit
+    keeps a table's settings while a rule of that name exists, so the name carries their digest
+    (iptables and ufw load these chains)."""
+    IL.load_xt(lab, IL.render_xt(tmp_path, "enforce", burst=9))
+    IL.load_relays_xt(lab, tmp_path, CONSENSUS)
+    IL.load_xt(lab, IL.render_xt(tmp_path, "enforce"))
+    lab.spawn(lab.relay, sys.executable, "-c", SERVER, str(ORPORT))
+    IL.static_neighbours(lab)
+    IL.wait_listening(lab, ORPORT)
+    out = run_clients(lab, {"light": [["198.18.60.%d" % i, 3, False] for i in range(1, 6)]
+                            + [["2001:db8:1:6%x::1" % i, 3, False] for i in range(5)]})
+    assert out["light"] == {"ok": 10, "failed": 20}, out
+    assert Iptables.set_size(lab, "dos_blocked_v4") == 5 and Iptables.set_size(lab, "dos_blocked_v6") == 5
