@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpustats  # noqa: E402
 import lab as L  # noqa: E402
 import variants as V  # noqa: E402
+from rows import g, max22  # noqa: E402
 
 TOP = V.TOP
 OUT = os.path.join(TOP, "results", "bench")
@@ -306,13 +307,6 @@ def pct(a, b):
     return 100.0 * a / b if b else None
 
 
-def g(res, *path):
-    for p in path:
-        if not isinstance(res, dict) or p not in res:
-            return None
-        res = res[p]
-    return res
-
 
 def _succ(scn, job):
     def f(r, n):
@@ -343,12 +337,6 @@ def _sweep_budget(r, n):
     a = g(r, "sweep", "arrived", "sweep")
     return ("n/a", None) if a is None else ("%d SYN" % a, a)
 
-
-def _max22(scn):
-    def f(r, n):
-        m = g(r, scn, "sweep_hosts", "max_per_22")
-        return ("n/a", None) if m is None else ("%d hosts" % m, m)
-    return f
 
 
 def _vscan(r, n):
@@ -517,7 +505,7 @@ ROWS = [
      "≤ 0.5%", _sweep_reach, lambda x: x is not None and x <= 0.5, False),
     ("sweep_budget", "quick sweep :22 over a /16, 2,000/s, 6 s: SYNs reaching the /16 (budget: 0.5% of the "
      "full 30 s sweep)", "≤ 300", _sweep_budget, lambda x: x is not None and x <= 300, True),
-    ("sweep_max22", "sweep: most distinct hosts reached in one /22", "≤ 64", _max22("sweep"),
+    ("sweep_max22", "sweep: most distinct hosts reached in one /22", "≤ 64", max22("sweep"),
      lambda x: x is not None and x <= 64, True),
     ("throttle", "time from sweep start to first refused connection", "≤ 1 s", _throttle,
      lambda x: x is not None and x <= 1.0, True),
@@ -576,7 +564,7 @@ ROWS = [
      lambda x: x == 1.0, False),
     ("state_sweep", "sweep :3389 (sequential, 20,000 planned) started during the fill: SYNs reaching", "≤ 0.5%", _sweep2,
      lambda x: x is not None and x <= 0.5, False),
-    ("state_sweep22", "that sweep: most distinct hosts reached in one /22", "≤ 64", _max22("fill"),
+    ("state_sweep22", "that sweep: most distinct hosts reached in one /22", "≤ 64", max22("fill"),
      lambda x: x is not None and x <= 64, False),
     ("state_web", "web mix during the fill: success", "≥ 99%", _succ("fill", "web"),
      lambda x: x is not None and x >= 99.0, False),

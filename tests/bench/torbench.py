@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 import lab as L  # noqa: E402
 import loadgen  # noqa: E402
 import tornet as T  # noqa: E402
+from rows import g, max22  # noqa: E402
 
 SWEEP_RATE, SWEEP_SECONDS, SWEEP_TIMEOUT = 40, 75, 2.0
 # a sweep of the whole /16 (every host but .0/.255 of each /24: 65,024 streams):
@@ -233,14 +234,6 @@ def unapply(net, info):
 
 
 # --- rows ---------------------------------------------------------------------------
-def g(r, *path):
-    for p in path:
-        if not isinstance(r, dict) or p not in r:
-            return None
-        r = r[p]
-    return r
-
-
 def _reach(scn):
     def f(r, n):
         att, a = g(r, scn, "sweep", "tried"), g(r, scn, "arrived")
@@ -285,13 +278,6 @@ def _succ(scn, job):
     return f
 
 
-def _max22(scn):
-    def f(r, n):
-        m = g(r, scn, "sweep_hosts", "max_per_22")
-        return ("n/a", None) if m is None else ("%d hosts" % m, m)
-    return f
-
-
 def _service_cpu(r, n):
     c = g(r, "service_cpu")
     if not c or not c.get("wall_s"):
@@ -324,7 +310,7 @@ ROWS = [
     ("tor_sweep_leak", "that sweep: connections that reached the /16 before the guard's ban / after it (exitpolicy: "
      "until tor refused them; the guard's blocked_* counters, which count there without refusing)",
      "info", _leak("sweep"), {}),
-    ("tor_max22", "that sweep: most distinct hosts reached in one /22", "≤ 64", _max22("sweep"),
+    ("tor_max22", "that sweep: most distinct hosts reached in one /22", "≤ 64", max22("sweep"),
      _at_most(64, *GUARDED)),
     ("tor_detect", "time from sweep start to the guard's detection (counter, polled every 20 ms)", "info",
      _secs("sweep", "detect_s"), {}),
@@ -339,7 +325,7 @@ ROWS = [
      "exitpolicy ≤ 1%, enforce ≤ 0.5%", _reach("sweep16"),
      dict(_at_most(1.0, "tor-exitpolicy", "tor-exitpolicy-poll"), **_at_most(0.5, "tor-enforce"))),
     ("tor_sweep16_leak", "that sweep: before the guard's ban / after it", "info", _leak("sweep16"), {}),
-    ("tor_sweep16_max22", "that sweep: most distinct hosts reached in one /22", "≤ 64", _max22("sweep16"),
+    ("tor_sweep16_max22", "that sweep: most distinct hosts reached in one /22", "≤ 64", max22("sweep16"),
      _at_most(64, *GUARDED)),
     ("tor_sweep16_detect_to_refusal", "that sweep: time from detection to the first refused stream", "≤ 1 s",
      _secs("sweep16", "detect_to_refusal_s"), _at_most(1.0, *GUARDED)),
