@@ -111,6 +111,7 @@ XT_PLAYBOOK = """
       vars:   # task vars: above the defaults of vars_files
         firewall_inbound_dos_mode: MODE
         firewall_inbound_dos_net_rate_per_minute: NETRATE
+        firewall_inbound_dos_burst: BURST
         firewall_chain: TOREXIT-INPUT
         firewall_dos_chain: TOREXIT-DOS
         firewall_family: "{{ item }}"
@@ -120,14 +121,17 @@ XT_SETS = {"relays_v4": "torexit_in_relays_v4", "relays_v6": "torexit_in_relays_
            "dos_blocked_v4": "torexit_in_blocked_v4", "dos_blocked_v6": "torexit_in_blocked_v6"}
 
 
-def render_xt(tmp_dir, mode, net_rate=0):
-    """The role's inbound.iptables.j2 (both families) and inbound-dos.ipset.j2 with its defaults:
-    {"ipset": path, 4: path, 6: path}."""
-    dest = os.path.join(str(tmp_dir), "inbound-%s-%d" % (mode, net_rate))
-    book = os.path.join(str(tmp_dir), "render-xt-%s-%d.yml" % (mode, net_rate))
+def render_xt(tmp_dir, mode, net_rate=0, burst=None):
+    """The role's inbound.iptables.j2 (both families) and inbound-dos.ipset.j2 with its defaults
+    (firewall_inbound_dos_burst: `burst` when given): {"ipset": path, 4: path, 6: path}."""
+    dest = os.path.join(str(tmp_dir), "inbound-%s-%d-%s" % (mode, net_rate, burst))
+    book = os.path.join(str(tmp_dir), "render-xt-%s-%d-%s.yml" % (mode, net_rate, burst))
     text = (XT_PLAYBOOK.replace("VARS_FILES", json.dumps(vars_files()))
             .replace("TDIR", os.path.join(TOP, "roles/firewall/templates")).replace("DEST", dest)
             .replace("MODE", mode).replace("NETRATE", str(int(net_rate))))
+    if burst is None:
+        text = text.replace("        firewall_inbound_dos_burst: BURST\n", "")
+    text = text.replace("BURST", str(burst))
     with open(book, "w") as f:
         f.write(text)
     _render(book, "inbound.iptables.j2", mode)
@@ -145,11 +149,13 @@ def _render(book, template, mode):
 
 
 def load_xt(lab, files):
-    """What torexit-inbound-iptables.service does: the sets, both families' chains, the hook."""
+    """What torexit-inbound-iptables.service does: the sets, both families' chains, the hook
+    (once: a reload replaces the chains only)."""
     lab.ns(lab.relay, "ipset", "-exist", "restore", "-file", files["ipset"])
     for fam, cmd in ((4, "iptables"), (6, "ip6tables")):
         lab.ns(lab.relay, cmd + "-restore", "--noflush", files[fam])
-        lab.ns(lab.relay, cmd, "-I", "INPUT", "1", "-j", "TOREXIT-INPUT")
+        if lab.ns(lab.relay, cmd, "-C", "INPUT", "-j", "TOREXIT-INPUT", check=False).returncode != 0:
+            lab.ns(lab.relay, cmd, "-I", "INPUT", "1", "-j", "TOREXIT-INPUT")
 
 
 def unload_xt(lab, tries=50):
