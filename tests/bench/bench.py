@@ -10,7 +10,7 @@
                         (tests/bench/torbench.py, ~15 min): results/bench/bench-tor.*
                         The full bench runs them after the namespace rows.
     bench.py --scenario inbound    only the inbound ORPort flood rows (tests/bench/inbound.py,
-                        ~3 min; nftables and iptables): results/bench/bench-inbound.*; also part of the full bench.
+                        ~2 min; nftables and iptables): results/bench/bench-inbound.*; also part of the full bench.
 
 Exit code: 0 when every guard variant meets every target, 1 otherwise.
 All numbers in the outputs come from counters read during this run.
