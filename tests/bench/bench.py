@@ -307,7 +307,6 @@ def pct(a, b):
     return 100.0 * a / b if b else None
 
 
-
 def _succ(scn, job):
     def f(r, n):
         j = g(r, scn, job)
@@ -336,7 +335,6 @@ def _sweep_reach(r, n):
 def _sweep_budget(r, n):
     a = g(r, "sweep", "arrived", "sweep")
     return ("n/a", None) if a is None else ("%d SYN" % a, a)
-
 
 
 def _vscan(r, n):

@@ -233,6 +233,7 @@ QUEUE_CLIENT = textwrap.dedent("""
         except OSError as e:
             out[src] = type(e).__name__
         socks.append(s)
+    sys.stdin.readline()               # the server listens
     for relay in ("198.18.50.1", "2001:db8:1:50::1"):   # exempt: fills the queues
         one(relay, 5)
     print(json.dumps(out), flush=True); sys.stdin.readline()
@@ -264,6 +265,7 @@ def test_retransmitted_syn_is_not_counted(lab, tmp_path, backend):
                               text=True)
     try:
         assert server.stdout.readline().strip() == "listening"
+        _go(client)
         assert json.loads(client.stdout.readline()) == {"198.18.50.1": "ok", "2001:db8:1:50::1": "ok"}
         _go(server)
         assert server.stdout.readline().strip() == "full"
