@@ -652,6 +652,7 @@ def run(args):
             vr = results[v.name] = {"status": "ok", "is_guard": v.is_guard, "scenarios": {}, "timings": {}}
             t = time.monotonic()
             try:
+                lab.restart_server()
                 v.apply(lab)
                 vr["timings"]["apply_s"] = round(time.monotonic() - t, 2)
                 for name, fn in scenarios:
