@@ -307,7 +307,6 @@ def pct(a, b):
     return 100.0 * a / b if b else None
 
 
-
 def _succ(scn, job):
     def f(r, n):
         j = g(r, scn, job)
@@ -336,7 +335,6 @@ def _sweep_reach(r, n):
 def _sweep_budget(r, n):
     a = g(r, "sweep", "arrived", "sweep")
     return ("n/a", None) if a is None else ("%d SYN" % a, a)
-
 
 
 def _vscan(r, n):
@@ -654,6 +652,7 @@ def run(args):
             vr = results[v.name] = {"status": "ok", "is_guard": v.is_guard, "scenarios": {}, "timings": {}}
             t = time.monotonic()
             try:
+                lab.restart_server()
                 v.apply(lab)
                 vr["timings"]["apply_s"] = round(time.monotonic() - t, 2)
                 for name, fn in scenarios:

@@ -205,6 +205,15 @@ class Lab:
                     pass
             sh("ip", "netns", "del", ns, check=False)
 
+    def restart_server(self):
+        """A fresh server process: each one stops by itself after server.py's
+        --max-seconds (30 min), and a full bench with six variants runs about 40 min
+        (bench.py starts one for each variant)."""
+        if self.server:
+            stop_process(self.server)
+            self.server = None
+        self.start_server()
+
     def start_server(self):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.server = subprocess.Popen(

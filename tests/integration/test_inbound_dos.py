@@ -233,6 +233,7 @@ QUEUE_CLIENT = textwrap.dedent("""
         except OSError as e:
             out[src] = type(e).__name__
         socks.append(s)
+    sys.stdin.readline()               # the server listens
     for relay in ("198.18.50.1", "2001:db8:1:50::1"):   # exempt: fills the queues
         one(relay, 5)
     print(json.dumps(out), flush=True); sys.stdin.readline()
@@ -264,6 +265,7 @@ def test_retransmitted_syn_is_not_counted(lab, tmp_path, backend):
                               text=True)
     try:
         assert server.stdout.readline().strip() == "listening"
+        _go(client)
         assert json.loads(client.stdout.readline()) == {"198.18.50.1": "ok", "2001:db8:1:50::1": "ok"}
         _go(server)
         assert server.stdout.readline().strip() == "full"
@@ -295,3 +297,36 @@ def test_iptables_reload_applies_a_changed_burst(lab, tmp_path):
                             + [["2001:db8:1:6%x::1" % i, 3, False] for i in range(5)]})
     assert out["light"] == {"ok": 10, "failed": 20}, out
     assert Iptables.set_size(lab, "dos_blocked_v4") == 5 and Iptables.set_size(lab, "dos_blocked_v6") == 5
+
+
+FORGOTTEN_CLIENT = textwrap.dedent("""
+    import socket, sys, time
+    src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    s = socket.socket(); s.setsockopt(socket.SOL_IP, 15, 1); s.settimeout(5)
+    s.bind((src, 0)); s.connect((dst, port))
+    print("connected", flush=True)
+    sys.stdin.readline()               # the relay's conntrack was flushed
+    s.send(b"x")
+    time.sleep(1)
+    print("sent", flush=True)
+""")
+
+
+def test_only_syns_enter_the_limits(lab, tmp_path, backend):
+    """A connection conntrack forgot (here: a flush) is ct state new again at its next packet,
+    which is no SYN: it must not count as a connection (with the burst of 1 it blocked the
+    client, whose first SYN was counted already)."""
+    setup_relay(lab, tmp_path, "enforce", backend)
+    client = subprocess.Popen(["ip", "netns", "exec", lab.net, sys.executable, "-c", FORGOTTEN_CLIENT, "198.18.70.1",
+                               V4_LINK[0], str(ORPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        lab.ns(lab.relay, "conntrack", "-F")
+        _go(client)
+        assert client.stdout.readline().strip() == "sent"
+    finally:
+        client.kill()
+        client.wait()
+    hits = backend.counters(lab)
+    assert hits["dos_rate_hits"] == 0 and hits["dos_blocked_hits"] == 0, hits
+    assert backend.set_size(lab, "dos_blocked_v4") == 0
