@@ -112,8 +112,9 @@ def cpu_sources(n):
 def wait_closed(lab, tries=150):
     """Wait (at most tries x 0.1 s) until the listener has closed every connection of the
     previous state. Otherwise a late packet of one (the client's ACK of the listener's FIN)
-    comes after the conntrack flush below, is picked up as a new connection (ct state new)
-    and counted against its source's rate: with a burst of 1 its next connect blocks it.
+    comes after the conntrack flush below and is picked up as a new connection (ct state
+    new): rules that count every new packet, not only SYNs, would count it against its
+    source (with a burst of 1 its next connect then blocked it, seen in a CPU round).
     Returns the connections still open (0 when all closed)."""
     left = 0
     for _attempt in range(tries):
