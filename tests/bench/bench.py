@@ -10,7 +10,7 @@
                         (tests/bench/torbench.py, ~15 min): results/bench/bench-tor.*
                         The full bench runs them after the namespace rows.
     bench.py --scenario inbound    only the inbound ORPort flood rows (tests/bench/inbound.py,
-                        ~2 min): results/bench/bench-inbound.*; also part of the full bench.
+                        ~2 min; nftables and iptables): results/bench/bench-inbound.*; also part of the full bench.
 
 Exit code: 0 when every guard variant meets every target, 1 otherwise.
 All numbers in the outputs come from counters read during this run.
@@ -307,7 +307,6 @@ def pct(a, b):
     return 100.0 * a / b if b else None
 
 
-
 def _succ(scn, job):
     def f(r, n):
         j = g(r, scn, job)
@@ -336,7 +335,6 @@ def _sweep_reach(r, n):
 def _sweep_budget(r, n):
     a = g(r, "sweep", "arrived", "sweep")
     return ("n/a", None) if a is None else ("%d SYN" % a, a)
-
 
 
 def _vscan(r, n):
@@ -722,7 +720,7 @@ def main():
     ap.add_argument("--scenario", action="append", default=[],
                     help="run only this scenario (repeatable): cpu, sweep, flood, benign, guess, busy, "
                          "websweep, wide, fill, tor (the rows through a private Tor network) or inbound "
-                         "(the ORPort flood against the firewall role's inbound table)")
+                         "(the ORPort flood against the firewall role's inbound rules, nftables and iptables)")
     ap.add_argument("--prefix", default=None, help="namespace name prefix (default tx-bench- / tx-bench-q-)")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()

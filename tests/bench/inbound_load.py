@@ -11,7 +11,9 @@
 Flood spec: {"dst4", "dst6", "port", "timeout", "limit_s", "groups": {name: [[source,
 attempts, per_second, hold_s, start_s], ...]}}. Every source makes exactly `attempts`
 connects at its own pace whatever their outcome (a blocked source does not slow down,
-so both variants make the same attempts); a connect that succeeds is held `hold_s`.
+so both variants make the same attempts); a busy event loop makes a source fall behind
+its schedule, never send two SYNs closer together than 1/per_second (the per-source
+limits see the pace the spec says); a connect that succeeds is held `hold_s`.
 Everything stops after limit_s. Prints {group: {"attempts", "ok", "timeout", "refused",
 "error"}}. Only counts per group are kept; no address is written anywhere.
 """
@@ -69,8 +71,9 @@ async def flood(spec):
     t0 = time.monotonic()
     tasks = []
 
-    async def attempt(group, src, hold):
+    async def attempt(group, src, hold, sent):
         dst = spec["dst6"] if ":" in src else spec["dst4"]
+        sent.set_result(time.monotonic())   # connect() sends the SYN before it first awaits
         s, what = await connect(src, dst, spec["port"], spec["timeout"])
         out[group]["attempts"] += 1
         out[group][what] += 1
@@ -79,11 +82,16 @@ async def flood(spec):
             s.close()
 
     async def source(group, src, attempts, per_s, hold, start):
+        sent = None
         for i in range(attempts):
-            delay = t0 + start + i / per_s - time.monotonic()
+            at = t0 + start + i / per_s
+            if sent is not None:   # never closer to the previous SYN than the pace
+                at = max(at, await sent + 1 / per_s)
+            delay = at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(attempt(group, src, hold)))
+            sent = asyncio.get_running_loop().create_future()
+            tasks.append(asyncio.ensure_future(attempt(group, src, hold, sent)))
 
     sources = [source(g, *row) for g, rows in spec["groups"].items() for row in rows]
     try:

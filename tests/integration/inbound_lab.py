@@ -1,8 +1,8 @@
 """The firewall role's inbound ruleset (nftables; iptables: the *_xt helpers) in a netlab.Lab: shared by
 tests/integration/test_inbound_dos.py and the bench's inbound rows (tests/bench/inbound.py).
 
-render() renders the role's real template with its defaults (only
-firewall_inbound_dos_mode set); load_relays() fills the relay sets with the guard's
+render() renders the role's real template with its defaults and role vars (only
+firewall_inbound_dos_mode and the per-network rate set); load_relays() fills the relay sets with the guard's
 own relay refresh script from a consensus file; static_neighbours() pins the lab
 link's neighbours so bursts of SYNs are not lost behind neighbour discovery.
 """
@@ -19,7 +19,7 @@ TABLE = ("inet", "torexit_inbound")
 PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
-  vars_files: [{defaults}]
+  vars_files: {vars_files}
   tasks:
     - ansible.builtin.template:
         src: {template}
@@ -37,11 +37,19 @@ def render(tmp_dir, mode, net_rate=0):
     dest = os.path.join(str(tmp_dir), "inbound-%s-%d.nft" % (mode, net_rate))
     book = os.path.join(str(tmp_dir), "render-%s.yml" % mode)
     with open(book, "w") as f:
-        f.write(PLAYBOOK.format(defaults=os.path.join(TOP, "roles/firewall/defaults/main.yml"),
+        f.write(PLAYBOOK.format(vars_files=json.dumps(vars_files()),
                                 template=os.path.join(TOP, "roles/firewall/templates/inbound.nft.j2"),
                                 dest=dest, mode=mode, net_rate=int(net_rate)))
     _render(book, "inbound.nft.j2", mode)
     return dest
+
+
+def vars_files():
+    """The role's defaults and, when it has them, its role vars (vars/main.yml), as the role
+    reads them at run time: whatever they are on this checkout."""
+    files = [os.path.join(TOP, "roles/firewall/defaults/main.yml")]
+    role_vars = os.path.join(TOP, "roles/firewall/vars/main.yml")
+    return files + ([role_vars] if os.path.exists(role_vars) else [])
 
 
 def relays_script():
@@ -96,13 +104,14 @@ def set_size(lab, name):
 XT_PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
-  vars_files: [DEFAULTS]
+  vars_files: VARS_FILES
   tasks:
     - ansible.builtin.template: {src: TDIR/inbound-dos.ipset.j2, dest: DEST.ipset, mode: "0600"}
     - ansible.builtin.template: {src: TDIR/inbound.iptables.j2, dest: "DEST.ip{{ item }}", mode: "0600"}
       vars:   # task vars: above the defaults of vars_files
         firewall_inbound_dos_mode: MODE
         firewall_inbound_dos_net_rate_per_minute: NETRATE
+        firewall_inbound_dos_burst: BURST
         firewall_chain: TOREXIT-INPUT
         firewall_dos_chain: TOREXIT-DOS
         firewall_family: "{{ item }}"
@@ -112,14 +121,17 @@ XT_SETS = {"relays_v4": "torexit_in_relays_v4", "relays_v6": "torexit_in_relays_
            "dos_blocked_v4": "torexit_in_blocked_v4", "dos_blocked_v6": "torexit_in_blocked_v6"}
 
 
-def render_xt(tmp_dir, mode, net_rate=0):
-    """The role's inbound.iptables.j2 (both families) and inbound-dos.ipset.j2 with its defaults:
-    {"ipset": path, 4: path, 6: path}."""
-    dest = os.path.join(str(tmp_dir), "inbound-%s-%d" % (mode, net_rate))
-    book = os.path.join(str(tmp_dir), "render-xt-%s-%d.yml" % (mode, net_rate))
-    text = (XT_PLAYBOOK.replace("DEFAULTS", os.path.join(TOP, "roles/firewall/defaults/main.yml"))
+def render_xt(tmp_dir, mode, net_rate=0, burst=None):
+    """The role's inbound.iptables.j2 (both families) and inbound-dos.ipset.j2 with its defaults
+    (firewall_inbound_dos_burst: `burst` when given): {"ipset": path, 4: path, 6: path}."""
+    dest = os.path.join(str(tmp_dir), "inbound-%s-%d-%s" % (mode, net_rate, burst))
+    book = os.path.join(str(tmp_dir), "render-xt-%s-%d-%s.yml" % (mode, net_rate, burst))
+    text = (XT_PLAYBOOK.replace("VARS_FILES", json.dumps(vars_files()))
             .replace("TDIR", os.path.join(TOP, "roles/firewall/templates")).replace("DEST", dest)
             .replace("MODE", mode).replace("NETRATE", str(int(net_rate))))
+    if burst is None:
+        text = text.replace("        firewall_inbound_dos_burst: BURST\n", "")
+    text = text.replace("BURST", str(burst))
     with open(book, "w") as f:
         f.write(text)
     _render(book, "inbound.iptables.j2", mode)
@@ -137,11 +149,41 @@ def _render(book, template, mode):
 
 
 def load_xt(lab, files):
-    """What torexit-inbound-iptables.service does: the sets, both families' chains, the hook."""
+    """What torexit-inbound-iptables.service does: the sets, both families' chains, the hook
+    (once: a reload replaces the chains only)."""
     lab.ns(lab.relay, "ipset", "-exist", "restore", "-file", files["ipset"])
     for fam, cmd in ((4, "iptables"), (6, "ip6tables")):
         lab.ns(lab.relay, cmd + "-restore", "--noflush", files[fam])
-        lab.ns(lab.relay, cmd, "-I", "INPUT", "1", "-j", "TOREXIT-INPUT")
+        if lab.ns(lab.relay, cmd, "-C", "INPUT", "-j", "TOREXIT-INPUT", check=False).returncode != 0:
+            lab.ns(lab.relay, cmd, "-I", "INPUT", "1", "-j", "TOREXIT-INPUT")
+
+
+def unload_xt(lab, tries=50):
+    """Undo load_xt in the relay namespace: the INPUT hooks, every TOREXIT-* chain of both
+    families, the torexit_in_* ipsets. Then wait (at most tries x 0.1 s) until the kernel
+    freed the ipsets and the rules' hashlimit tables: nf_tables frees deleted rules
+    asynchronously, and a hashlimit table still there when the next rules load would be
+    taken over with its meters. The ipsets and hashlimit tables are the namespace's own."""
+    for cmd in ("iptables", "ip6tables"):
+        for _hook in range(10):
+            if lab.ns(lab.relay, cmd, "-D", "INPUT", "-j", "TOREXIT-INPUT", check=False).returncode != 0:
+                break
+        chains = re.findall(r"^:(TOREXIT-\S+)", lab.ns(lab.relay, cmd + "-save", "-t", "filter", check=False).stdout,
+                            re.M)
+        for op in ("-F", "-X"):
+            for chain in chains:
+                lab.ns(lab.relay, cmd, op, chain, check=False)
+    for _attempt in range(tries):
+        sets = [n for n in lab.ns(lab.relay, "ipset", "list", "-n", check=False).stdout.split()
+                if n.startswith("torexit_in_")]
+        for name in sets:
+            lab.ns(lab.relay, "ipset", "destroy", name, check=False)
+        meters = lab.ns(lab.relay, "sh", "-c", "ls /proc/net/ipt_hashlimit /proc/net/ip6t_hashlimit 2>/dev/null",
+                        check=False).stdout.split()
+        if not sets and not [m for m in meters if m.startswith("torexit_in_")]:
+            return
+        subprocess.run(["sleep", "0.1"], check=False)
+    raise RuntimeError("the iptables rules' ipsets or hashlimit tables were not freed: %s %s" % (sets, meters))
 
 
 def load_relays_xt(lab, tmp_dir, consensus_text):
