@@ -229,7 +229,7 @@ def cpu_cols(s):
         return None
     ratio = statistics.median(a["proc_us"] / b["proc_us"] for a, b in zip(s["on"], s["off"]))
     med = {st: "%.0f µs (kernel %.0f µs)" % (statistics.median(x["proc_us"] for x in s[st]),
-                                            statistics.median(x["sys_us"] for x in s[st])) for st in ("on", "off")}
+                                             statistics.median(x["sys_us"] for x in s[st])) for st in ("on", "off")}
     failed = sum(x["failed"] for st in ("on", "off") for x in s[st])
     drops = sum(x.get("listen_drops", 0) for st in ("on", "off") for x in s[st])
     return med["off"], med["on"], ratio, failed, drops
