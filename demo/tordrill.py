@@ -176,14 +176,7 @@ def main():
         none) was pinned would carry the next relay's streams otherwise (seen after the
         unpinned users' step; NEWNYM alone leaves clean circuits, and tor delays it
         within 10 s of the last one)."""
-        ctl.cmd("SIGNAL NEWNYM")
-        for line in ctl.getinfo("circuit-status").splitlines():
-            words = line.split()
-            if words and words[0].isdigit():
-                try:
-                    ctl.cmd("CLOSECIRCUIT %s" % words[0])
-                except RuntimeError:  # closed meanwhile
-                    pass
+        ctl.new_circuits()
 
     ok = True
     for index, (name, addr, mode) in enumerate(relays):

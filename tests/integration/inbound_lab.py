@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from netlab import V4_LINK, V6_LINK
 
@@ -45,11 +46,9 @@ def render(tmp_dir, mode, net_rate=0):
 
 
 def vars_files():
-    """The role's defaults and, when it has them, its role vars (vars/main.yml), as the role
-    reads them at run time: whatever they are on this checkout."""
-    files = [os.path.join(TOP, "roles/firewall/defaults/main.yml")]
-    role_vars = os.path.join(TOP, "roles/firewall/vars/main.yml")
-    return files + ([role_vars] if os.path.exists(role_vars) else [])
+    """The role's defaults and role vars (vars/main.yml), as the role reads them at run
+    time: whatever they are on this checkout."""
+    return [os.path.join(TOP, "roles/firewall", name, "main.yml") for name in ("defaults", "vars")]
 
 
 def relays_script():
@@ -86,7 +85,7 @@ def wait_listening(lab, port, sockets=2, tries=50):
     for _attempt in range(tries):
         if lab.ns(lab.relay, "ss", "-ltnH", "sport = :%d" % port, check=False).stdout.count("LISTEN") >= sockets:
             return True
-        subprocess.run(["sleep", "0.1"], check=False)
+        time.sleep(0.1)
     return False
 
 
@@ -182,7 +181,7 @@ def unload_xt(lab, tries=50):
                         check=False).stdout.split()
         if not sets and not [m for m in meters if m.startswith("torexit_in_")]:
             return
-        subprocess.run(["sleep", "0.1"], check=False)
+        time.sleep(0.1)
     raise RuntimeError("the iptables rules' ipsets or hashlimit tables were not freed: %s %s" % (sets, meters))
 
 

@@ -108,6 +108,18 @@ class Control:
             return "\n".join(([rest] if rest else []) + list(lines[1:-1]))
         return "\n".join(lines[1:-1])
 
+    def new_circuits(self):
+        """SIGNAL NEWNYM, and close every circuit: NEWNYM alone leaves the clean circuits
+        built ahead (while another exit, or none, was pinned), and new streams get those."""
+        self.cmd("SIGNAL NEWNYM")
+        for line in self.getinfo("circuit-status").splitlines():
+            words = line.split()
+            if words and words[0].isdigit():
+                try:
+                    self.cmd("CLOSECIRCUIT %s" % words[0])
+                except RuntimeError:  # closed meanwhile
+                    pass
+
     def subscribe(self, *events):
         """SETEVENTS, then read events in a thread; self.events gets (time, line)."""
         self.cmd("SETEVENTS " + " ".join(events))

@@ -390,19 +390,10 @@ class TorNet:
         self._client_ctl.cmd("RESETCONF ExitNodes StrictNodes")
 
     def new_circuits(self):
-        """Fresh circuits for new streams: SIGNAL NEWNYM marks the old ones dirty, and
-        every circuit is closed too - NEWNYM leaves the clean circuits built ahead while
-        pinned, and new streams got those (all ending at the pinned exit) under load;
-        make demo's drill does the same (demo/tordrill.py)."""
-        ctl = self._client_ctl
-        ctl.cmd("SIGNAL NEWNYM")
-        for line in ctl.getinfo("circuit-status").splitlines():
-            words = line.split()
-            if words and words[0].isdigit():
-                try:
-                    ctl.cmd("CLOSECIRCUIT %s" % words[0])
-                except RuntimeError:  # closed meanwhile
-                    pass
+        """Fresh circuits for new streams (torkit's Control.new_circuits: NEWNYM and
+        every circuit closed; under load new streams got clean circuits built while
+        pinned otherwise)."""
+        self._client_ctl.new_circuits()
         time.sleep(0.2)
 
     # -- the egress guard on the hardened exit -------------------------------------------
