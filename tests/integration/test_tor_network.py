@@ -84,6 +84,8 @@ def test_hardened_exit_runs_as_debian_tor_and_plain_exit_as_root(net):
         return T.pwd.getpwuid(uid).pw_name
     assert user(net.hx.pid) == "debian-tor"
     assert user(net.px.pid) == "root"
+    # and both carry SSH: a client exits port 22 (a LongLivedPort) only through Stable relays
+    assert {"Exit", "Stable"} <= net.flags(net.hx) and {"Exit", "Stable"} <= net.flags(net.px)
 
 
 def test_enforce_stops_a_sweep_through_tor_while_upload_and_browsing_pass(net, events):
@@ -186,7 +188,10 @@ def _exitpolicy_through_tor(net, events, service):
     g0, c2 = net.guard_counters(), net.lab.counters()
     users = through(net, sweep(12, 20, start=200), users=True, timeout=15.0, attempts=4)
     assert users["counts"].get("ok") == 20, users
-    assert arrived(net, c2) == 20
+    # every user arrived; an attempt the client gave up on (timeout) may have arrived
+    # too, through px, before its retry: more arrivals than users, never fewer
+    assert arrived(net, c2) >= 20
+    # and none of them through hx: it opened no connection at all
     assert net.guard_counters()["guarded_new"] == g0["guarded_new"]
 
     # legit traffic through the hardened exit passes

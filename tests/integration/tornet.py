@@ -23,6 +23,7 @@ Exit traffic only reaches the internet namespace, which answers for reserved
 ranges; nothing else is reachable. Cleanup: tor and helper processes by PID,
 both namespaces, the work directory; a run whose owner died is cleaned up by the
 next one (`python3 tornet.py --cleanup-stale`). Names start with `tornet-`.
+TORNET_KEEP_LOGS=DIR keeps a copy of every node's torrc and log there (no keys).
 """
 from __future__ import annotations
 
@@ -215,6 +216,11 @@ class TorNet:
             self.lab.teardown()    # its server, anything left in both namespaces, the namespaces
             self.lab = None
         if self.work:
+            keep = os.environ.get("TORNET_KEEP_LOGS")
+            if keep:
+                shutil.copytree(self.work, os.path.join(keep, os.path.basename(self.work)),
+                                ignore=shutil.ignore_patterns("keys", "cached-*", "diff-*", "*.sock", "control*"),
+                                ignore_dangling_symlinks=True, dirs_exist_ok=True)
             shutil.rmtree(self.work, ignore_errors=True)
             self.work = None
 
@@ -298,9 +304,18 @@ class TorNet:
                 tail = (node.log_text() or open(os.path.join(node.dir, "stderr")).read())[-1500:]
                 raise RuntimeError("tor %s exited (rc %s): %s" % (node.name, node.proc.returncode, tail))
 
+    def flags(self, node):
+        """The flags of `node` in the client's consensus (empty if not listed)."""
+        try:
+            text = self._client_ctl.getinfo("ns/id/%s" % node.fingerprint)
+        except RuntimeError:
+            return set()
+        return {w for line in text.splitlines() if line.startswith("s ") for w in line.split()[1:]}
+
     def _wait_ready(self, t0):
         """Bounded: the client bootstrapped, both exits in its consensus with the Exit
-        flag, and one stream through each exit reached the lab internet."""
+        and Stable flags (torkit.AUTHORITY), and one stream through each exit reached
+        the lab internet."""
         deadline = t0 + self.ready_timeout
         stage = "client bootstrap"
         try:
@@ -314,6 +329,13 @@ class TorNet:
                 node.fingerprint = self._fingerprint_file(node)
             stage = "control port"
             self._client_ctl = self._in_ns(lambda: Control(("127.0.0.1", CONTROL_PORT)))
+            for node in (self.hx, self.px):
+                stage = "%s with the Exit and Stable flags in the client's consensus" % node.name
+                while not {"Exit", "Stable"} <= self.flags(node):
+                    self._check_alive()
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    time.sleep(0.5)
             for node in (self.hx, self.px):
                 stage = "a stream through %s" % node.name
                 self.pin(node)
