@@ -182,7 +182,8 @@ def _exitpolicy_through_tor(net, events, service):
     # same circuit until it times out (about 1 user in 20); the user's retry on a
     # new circuit then gets through (Tor Browser: "New circuit for this site").
     # Clean circuits the client built ahead while pinned all end at hx, and tor hands
-    # them to new users after the unpin: NEWNYM drops them, as a fresh client has none.
+    # them to new users after the unpin: new_circuits() closes them (NEWNYM alone
+    # leaves clean circuits), as a fresh client has none.
     net.unpin()
     net.new_circuits()
     g0, c2 = net.guard_counters(), net.lab.counters()
