@@ -127,6 +127,28 @@ def psweep_levels(policy, fam):
             if burst]
 
 
+def psweep_covers(policy, fam, length, hosts):
+    """True when the prefix sweep, which counts first contacts into unconfirmed
+    prefixes, stops a sweep of one /`length` no later than a horizontal-scan
+    threshold of `hosts` per scan_window would: one of its levels is as wide or
+    wider, with a burst no larger, a rate no faster and a ban no shorter. In
+    unconfirmed prefixes such a horizontal-scan level is not counted (by default
+    the /16 of the web and default tiers: 96 + 12 a minute against 2,048 and 256
+    per 10 minutes), which spares every first contact there a set update."""
+    if policy["prefix_sweep"]["ban_time"] < policy["ban_time"]:
+        return False
+    return any(plen <= length and burst <= hosts and rate * policy["scan_window"] <= hosts * 60
+               for plen, burst, rate in psweep_levels(policy, fam))
+
+
+def ban_prefix(policy, fam):
+    """The widest prefix length of the family's ban sets: a destination can be
+    banned only if its prefix of this length holds a ban (guard_nftables keeps
+    those prefixes in `banned_<family>_<length>` and skips the ban lookups of
+    every other destination)."""
+    return min(b.length for b in ban_sets(policy) if b.family == fam.name)
+
+
 class BanSet(NamedTuple):
     """A ban set (docs/guard-sets.md): `ban_<detector>_<family>_<prefix length>`."""
     name: str

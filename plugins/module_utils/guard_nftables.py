@@ -77,6 +77,26 @@ def ban_sets(policy):
     return out
 
 
+def banned_set(policy, fam):
+    """(name, key expression, timeout) of the family's prefilter: the prefixes of
+    guard_common.ban_prefix that hold a ban. Every rule that adds a ban refreshes
+    its prefix here with the longest ban time, so the prefix outlives its bans;
+    destinations outside these prefixes skip the ban lookups."""
+    length = common.ban_prefix(policy, fam)
+    expr = EXPR[fam.name] if length == fam.host else "%s & %s" % (EXPR[fam.name], _mask(fam.name, length))
+    return ("banned_%s_%d" % (fam.name, length), expr,
+            max(b.ban_time for b in common.ban_sets(policy) if b.family == fam.name))
+
+
+def _note_ban(policy, fam, direction="out"):
+    """The statement that refreshes the banned prefix of a destination (of the
+    source of a reply with direction "in") in the prefilter."""
+    name, key, _timeout = banned_set(policy, fam)
+    if direction == "in":
+        key = key.replace("daddr", "saddr")
+    return "update @%s { %s }" % (name, key)
+
+
 def _elements(items):
     return " elements = { %s }" % ", ".join(items) if items else ""
 
@@ -124,17 +144,35 @@ def _step(p, verdict, step, fam):
     if name in ("deny", "optout"):
         return ["%s @%s_%s counter name %s %s" % (expr, name, fam.name, step.counter, verdict)]
     if name == "bans":
-        return ["%s @%s counter name blocked_%s %s" % (key, ban, det, verdict)
-                for ban, _typ, key, det, _time in ban_sets(p) if ban.split("_")[2] == fam.name]
+        banned, key, _timeout = banned_set(p, fam)
+        return ["%s @%s jump bans_%s" % (key, banned, fam.name)]
     raise ValueError("no nftables rule for step %r" % name)
 
 
-def _tier_map(p, fam):
+def _tier_levels(p, fam, tier, unconfirmed=False):
+    """(prefix length, hosts) of a tier's horizontal-scan levels that are on; for
+    first contacts into unconfirmed prefixes without those the prefix sweep covers."""
+    famobj = dict((f.name, f) for f in common.FAMILIES)[fam]
+    hs = p["horizontal_scan"]
+    return [(length, hosts) for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier])
+            if hosts and not (unconfirmed and common.psweep_covers(p, famobj, length, hosts))]
+
+
+def _tier_chain(p, fam, tier, unconfirmed=False):
+    """The chain of a tier; first contacts into unconfirmed prefixes have their own
+    where the prefix sweep covers one of the tier's levels."""
+    if unconfirmed and _tier_levels(p, fam, tier, True) != _tier_levels(p, fam, tier):
+        return "hscan_%s_%s_unconfirmed" % (tier, fam)
+    return "hscan_%s_%s" % (tier, fam)
+
+
+def _tier_map(p, fam, unconfirmed=False):
     """One verdict-map lookup sends a first contact to its port tier's chain (strict,
     web); other ports go on to the default tier."""
-    items = ["%d : goto hscan_strict_%s" % (port, fam) for port in p["strict_ports"]]
-    items += ["%d : goto hscan_web_%s" % (port, fam) for port in p["web_ports"]]
-    return ["tcp dport vmap { %s }" % ", ".join(items)] if items else []
+    items = ["%d : goto %s" % (port, _tier_chain(p, fam, "strict", unconfirmed)) for port in p["strict_ports"]]
+    items += ["%d : goto %s" % (port, _tier_chain(p, fam, "web", unconfirmed)) for port in p["web_ports"]]
+    rules = ["tcp dport vmap { %s }" % ", ".join(items)] if items else []
+    return rules + ["goto %s" % _tier_chain(p, fam, "default", unconfirmed)]
 
 
 def render(policy, digest):
@@ -203,6 +241,10 @@ def render(policy, digest):
     add("\t# Bans: keys are the banned prefix (and port); they expire by themselves")
     for name, typ, _key, _det, ban_time in ban_sets(p):
         add("\tset %s { type %s; size %d; flags dynamic, timeout; timeout %ds; }" % (name, typ, size, ban_time))
+    add("\t# the prefixes that hold a ban: other destinations skip the ban lookups")
+    for fam, _expr, typ, _host in FAMILIES:
+        name, _key, timeout = banned_set(p, fams[fam])
+        add("\tset %s { type %s; size %d; flags dynamic, timeout; timeout %ds; }" % (name, typ, size, timeout))
     add("")
 
     # The chains where every new outbound connection's fate is decided, in the
@@ -218,6 +260,11 @@ def render(policy, digest):
     for fam, _expr, _typ, _host in FAMILIES:
         add("\tchain guard_%s {" % fam)
         L += ["\t\t" + rule for rule in per_family[fam]]
+        add("\t}")
+    for fam, _expr, _typ, _host in FAMILIES:
+        add("\tchain bans_%s {" % fam)
+        L += ["\t\t%s @%s counter name blocked_%s %s" % (key, ban, det, verdict)
+              for ban, _typ, key, det, _time in ban_sets(p) if ban.split("_")[2] == fam]
         add("\t}")
     if psweep_on:
         _render_failures(add, p)
@@ -252,6 +299,7 @@ def render(policy, digest):
             % (fam, expr, fl["concurrent"], fam, expr, fl["rate"], fl["burst"], fam))
         add("\t}")
     for fam, expr, _typ, host_len in FAMILIES:
+        noted = _note_ban(p, fams[fam])
         add("")
         add("\tchain scan_%s {" % fam)
         if p["vertical_scan"]["ports"]:
@@ -259,17 +307,19 @@ def render(policy, digest):
                 % (fam, expr, _limit(p["vertical_scan"]["ports"], window), fam))
         if psweep_on:
             add("\t\t# a prefix nobody received data from lately: first contacts there are limited")
-            add("\t\t%s & %s != @confirm_%s jump psweep_%s"
+            add("\t\t%s & %s != @confirm_%s goto psweep_%s"
                 % (expr, _mask(fam, p["prefix_sweep"]["prefixes_" + fam][0]), fam, fam))
         L += ["\t\t" + rule for rule in _tier_map(p, fam)]
-        add("\t\tgoto hscan_default_%s" % fam)
         add("\t}")
-        for tier in tiers:
-            add("\tchain hscan_%s_%s {" % (tier, fam))
-            for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
-                if hosts:
-                    add("\t\tupdate @hscan_%s_%s_%d { %s & %s . tcp dport %s } goto hscan_hit_%s_%d"
-                        % (tier, fam, length, expr, _mask(fam, length), _limit(hosts, window), fam, length))
+        chains = [(tier, False) for tier in tiers]
+        chains += [(tier, True) for tier in tiers if psweep_on and _tier_chain(p, fam, tier, True) != _tier_chain(p, fam, tier)]
+        for tier, unconfirmed in chains:
+            add("\tchain %s {" % _tier_chain(p, fam, tier, unconfirmed))
+            if unconfirmed:
+                add("\t\t# in an unconfirmed prefix: without the levels the prefix sweep covers")
+            for length, hosts in _tier_levels(p, fam, tier, unconfirmed):
+                add("\t\tupdate @hscan_%s_%s_%d { %s & %s . tcp dport %s } goto hscan_hit_%s_%d"
+                    % (tier, fam, length, expr, _mask(fam, length), _limit(hosts, window), fam, length))
             if tier == "strict" and ws["rate"]:
                 add("\t\t# first contacts on this port across all prefixes above what the exit's size explains")
                 add("\t\tupdate @wide_rate { tcp dport limit rate over %d/second burst %d packets } "
@@ -286,7 +336,7 @@ def render(policy, digest):
             add("\t}")
         if lg["rate"]:
             add("\tchain login_hit_%s {" % fam)
-            add("\t\tadd @ban_login_%s_%d { %s . tcp dport }" % (fam, host_len, expr))
+            add("\t\tadd @ban_login_%s_%d { %s . tcp dport } %s" % (fam, host_len, expr, noted))
             add("\t\tcounter name detect_login %s" % verdict)
             add("\t}")
         levels = _psweep_levels(p, fams[fam])
@@ -295,23 +345,24 @@ def render(policy, digest):
             for length, mask, limit, _keep in levels:
                 add("\t\tupdate @psweep_%s_%d { %s & %s . tcp dport %s } goto psweep_hit_%s_%d"
                     % (fam, length, expr, mask, limit, fam, length))
+            L += ["\t\t" + rule for rule in _tier_map(p, fam, unconfirmed=True)]
             add("\t}")
         for length, mask, _lim, _keep in levels:
             add("\tchain psweep_hit_%s_%d {" % (fam, length))
-            add("\t\tadd @ban_psweep_%s_%d { %s & %s . tcp dport }" % (fam, length, expr, mask))
+            add("\t\tadd @ban_psweep_%s_%d { %s & %s . tcp dport } %s" % (fam, length, expr, mask, noted))
             add("\t\tcounter name detect_psweep %s" % verdict)
             add("\t}")
         for length in hs["prefixes_" + fam]:
             add("\tchain hscan_hit_%s_%d {" % (fam, length))
-            add("\t\tadd @ban_hscan_%s_%d { %s & %s . tcp dport }" % (fam, length, expr, _mask(fam, length)))
+            add("\t\tadd @ban_hscan_%s_%d { %s & %s . tcp dport } %s" % (fam, length, expr, _mask(fam, length), noted))
             add("\t\tcounter name detect_hscan %s" % verdict)
             add("\t}")
         add("\tchain vscan_hit_%s {" % fam)
-        add("\t\tadd @ban_vscan_%s_%d { %s }" % (fam, host_len, expr))
+        add("\t\tadd @ban_vscan_%s_%d { %s } %s" % (fam, host_len, expr, noted))
         add("\t\tcounter name detect_vscan %s" % verdict)
         add("\t}")
         add("\tchain flood_hit_%s {" % fam)
-        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport }" % (fam, host_len, expr))
+        add("\t\tadd @ban_flood_%s_%d { %s . tcp dport } %s" % (fam, host_len, expr, noted))
         add("\t\tcounter name detect_flood %s" % verdict)
         add("\t}")
     add("}")
@@ -334,8 +385,8 @@ def _render_failures(add, p):
             port = "tcp dport" if direction == "out" else "tcp sport"
             for length, mask, limit, _keep in _psweep_levels(p, fam):
                 key = "%s & %s . %s" % (addr, mask, port)
-                add("\t\tupdate @pfail_%s_%d { %s %s } add @ban_psweep_%s_%d { %s } counter name detect_psweep"
-                    % (fam.name, length, key, limit, fam.name, length, key))
+                add("\t\tupdate @pfail_%s_%d { %s %s } add @ban_psweep_%s_%d { %s } %s counter name detect_psweep"
+                    % (fam.name, length, key, limit, fam.name, length, key, _note_ban(p, fam, direction)))
     add("")
     add("\tchain retransmit {")
     add("\t\tct mark & 0x%08x == 0x%08x jump failed_out"
@@ -446,6 +497,36 @@ def carry_over(run, sizes):
     return lines, dropped
 
 
+def prefilters(policy):
+    """{prefilter set: ((size, timeout), prefix length, [ban sets])} per family, for load()."""
+    out = {}
+    for fam in common.FAMILIES:
+        name, _key, timeout = banned_set(policy, fam)
+        out[name] = ((policy["set_size"], timeout), common.ban_prefix(policy, fam),
+                     [b.name for b in common.ban_sets(policy) if b.family == fam.name])
+    return out
+
+
+def refill(run, banned, skip=()):
+    """`add element` lines that put the prefix of every current ban into a
+    prefilter set that is created anew (see banned_set), with the longest time a
+    ban in it has left; the bans themselves are carried over by carry_over."""
+    lines = []
+    for name, ((size, _timeout), length, bans) in banned.items():
+        if name in skip:
+            continue
+        left = {}
+        for ban in bans:
+            for key, seconds in set_elements(list_set(run, ban) or {}):
+                addr = key.split(" . ")[0].split("/")[0]
+                prefix = str(ipaddress.ip_network("%s/%d" % (addr, length), strict=False).network_address)
+                left[prefix] = max(left.get(prefix, 0), seconds or 0)
+        kept, _lost = common.keep_longest([(k, v) for k, v in left.items() if v], size)
+        if kept:
+            lines.append("add element %s %s { %s }" % (QUALIFIED, name, ", ".join("%s timeout %ds" % e for e in kept)))
+    return lines
+
+
 def check(run, text):
     """Validate a ruleset without touching the kernel (`nft -c`)."""
     _nft(run, ["-c", "-f", "-"], data=text)
@@ -477,24 +558,29 @@ def _in_place(text, loaded, kept):
     return "\n".join(pre + body)
 
 
-def load(run, text, keep_sets=None):
+def load(run, text, keep_sets=None, banned=None):
     """Load the ruleset in one transaction, keeping the elements of the sets in
     `keep_sets` ({name: (new size, new timeout or None)}); returns how many did not
     fit. A kept set whose size and timeout stay is left in place (see _in_place);
-    the others are re-created with their elements read just before. An error never
-    echoes the carried elements (destinations), it counts them."""
+    the others are re-created with their elements read just before. The prefilter
+    sets in `banned` (see prefilters()) stay in place too, or are re-created from
+    the bans. An error never echoes the carried elements (destinations), it counts them."""
     keep_sets = keep_sets or {}
+    banned = banned or {}
     loaded = _loaded_objects(run) if keep_sets else None
     if loaded:
         kept = [n for n, want in keep_sets.items() if loaded["sets"].get(n) == want]
+        kept += [n for n, spec in banned.items() if loaded["sets"].get(n) == spec[0]]
         extra, dropped = carry_over(run, dict((n, want[0]) for n, want in keep_sets.items() if n not in kept))
+        extra += refill(run, banned, skip=kept)
         rc, _out, _err = _nft(run, ["-f", "-"], data=_in_place(text, loaded, kept) + "".join(
             "\n" + line for line in extra) + "\n", check=False)
         if rc == 0:
             return dropped
     # a fresh host, or the in-place load was refused: replace the whole table
     extra, dropped = carry_over(run, dict((n, want[0]) for n, want in keep_sets.items()))
-    rc, out, err = _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra), check=False)
+    rc, out, err = _nft(run, ["-f", "-"], data=text + "".join(line + "\n" for line in extra + refill(run, banned)),
+                        check=False)
     if rc != 0:
         carried = sum(line.count(" timeout ") for line in extra)
         raise NftError("nft -f - failed while carrying over %d bans and opt-outs: %s"
@@ -544,7 +630,7 @@ def apply(env, plan):
         return
     keep = dict((b.name, (d.policy["set_size"], b.ban_time)) for b in common.ban_sets(d.policy))
     keep.update(optout_v4=(common.OPTOUT_SIZE, None), optout_v6=(common.OPTOUT_SIZE, None))
-    dropped = load(env.run, d.rules, keep_sets=keep)
+    dropped = load(env.run, d.rules, keep_sets=keep, banned=prefilters(d.policy))
     if d.policy["relay_allowlist"]:
         if d.files:
             env.run([host.RELAYS_SCRIPT])

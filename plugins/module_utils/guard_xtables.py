@@ -308,12 +308,16 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     add(scan, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, hs_strict))
     add(scan, "-p tcp -m set --match-set %sweb_ports dst -g %s" % (S, hs_web))
     add(scan, "-p tcp -g %s" % hs_default)
+    famobj = dict((f.name, f) for f in common.FAMILIES)[fam]
     for tier, chain in (("strict", hs_strict), ("web", hs_web), ("default", hs_default)):
         for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
             if hosts:
-                add(chain, "-p tcp %s -g %s" % (
-                    _hl("%shs_%s_%s_%d" % (tag, tier, fam, length), common.rate(hosts, window), hosts,
-                        "dstip,dstport", size, window, mask=length), hit[length]))
+                # a level the prefix sweep covers counts confirmed prefixes only (guard_common.psweep_covers)
+                confirmed = ("-m set --match-set %sconfirm_%s dst " % (S, fam)
+                             if psweep and common.psweep_covers(p, famobj, length, hosts) else "")
+                add(chain, "-p tcp %s%s -g %s" % (confirmed, _hl(
+                    "%shs_%s_%s_%d" % (tag, tier, fam, length), common.rate(hosts, window), hosts,
+                    "dstip,dstport", size, window, mask=length), hit[length]))
         if tier == "strict" and ws["rate"]:
             # first contacts on this port across all prefixes above what the exit's size explains
             add(chain, "-p tcp %s %s -g %s" % (_hl(tag + "wide_" + fam, "%d/second" % ws["rate"], ws["burst"],

@@ -427,8 +427,12 @@ def test_lowering_set_size_below_the_active_bans_keeps_those_with_most_time_left
     result, failed, warnings = run_present(kernel, set_size=1024)
     assert not failed and result["bans_dropped"] == 6
     assert "6 bans with the least time left were dropped" in warnings[0]
-    carried = re.findall(r"timeout (\d+)s", kernel.loaded_text.split("add element", 1)[1])
+    lines = [x for x in kernel.loaded_text.splitlines() if x.startswith("add element")]
+    carried = re.findall(r"timeout (\d+)s", [x for x in lines if " ban_hscan_v4_24 " in x][0])
     assert len(carried) == 1024 and min(int(x) for x in carried) == 106    # 100..105 left out
+    # the new table's prefilter holds the bans' /16, for as long as the longest ban there
+    assert [x for x in lines if " banned_v4_16 " in x] == [
+        "add element inet torexit_guard banned_v4_16 { 198.18.0.0 timeout 1129s }"]
 
 
 def test_ipsets_keep_the_longest_bans_when_maxelem_shrinks():
@@ -503,6 +507,7 @@ class LoadedKernel(FakeKernel):
         self.sets = dict((b[0], (policy["set_size"], b[4])) for b in gn.ban_sets(policy))
         self.sets["ban_flood_v4_32"] = (policy["set_size"], 60)
         self.sets.update(optout_v4=(65536, None), optout_v6=(65536, None), seen_v4=(262144, 600))
+        self.sets.update((name, want) for name, (want, _length, _bans) in gn.prefilters(policy).items())
         self.listed, self.loaded_text = [], None
 
     def run(self, args, data=None, **kw):
@@ -538,6 +543,23 @@ def test_a_reload_leaves_unchanged_ban_and_optout_sets_in_place():
     assert kernel.listed == ["ban_flood_v4_32"]
     assert "delete set inet torexit_guard ban_flood_v4_32\n" in text
     assert text.rstrip().endswith("add element inet torexit_guard ban_flood_v4_32 { 198.18.7.0 . 22 timeout 30s }")
+    for name in gn.prefilters(p):
+        assert "delete set inet torexit_guard %s\n" % name not in text
+
+
+def test_a_reload_that_creates_the_prefilter_fills_it_from_the_bans():
+    """Upgrading from a table without banned_* (or changing its definition): the
+    prefixes of every current ban go into it, with the time their bans have left,
+    so no ban stops working."""
+    p = policy()
+    kernel = LoadedKernel(p)
+    for name in gn.prefilters(p):
+        del kernel.sets[name]
+    result, failed, _warnings = run_present(kernel)
+    assert not failed and result["changed"]
+    assert sorted(kernel.listed) == sorted(["ban_flood_v4_32"] + [b[0] for b in gn.ban_sets(p) if "_v4_" in b[0]]
+                                           + [b[0] for b in gn.ban_sets(p) if "_v6_" in b[0]])
+    assert "add element inet torexit_guard banned_v4_16 { 198.18.0.0 timeout 30s }" in kernel.loaded_text
 
 
 def test_a_replaced_ipset_keeps_the_bans_added_while_it_was_replaced(host):

@@ -7,6 +7,7 @@ import pytest
 from golden_files import GOLDEN
 
 from ansible_collections.torexit.hardening.plugins.module_utils import guard_common as gc
+from ansible_collections.torexit.hardening.plugins.module_utils import guard_policy as gp
 
 
 @pytest.mark.parametrize("count,window,expected", [
@@ -23,7 +24,7 @@ NFT_MARKS = {
     "protocol": "meta l4proto != tcp return", "ct_new": "ct state != new", "owner": "meta skuid",
     "loopback": 'oif "lo"', "guarded": "counter name guarded_new", "allow": "@allow_",
     "relays": "@relays_", "deny": "@deny_v", "deny_port": "@deny_port_", "optout": "@optout_",
-    "bans": "@ban_", "detect": "goto detect_",
+    "bans": " jump bans_", "detect": "goto detect_",
 }
 XT_MARKS = {
     "protocol": "! -p tcp -j RETURN", "ct_new": "--ctstate NEW", "owner": "--uid-owner",
@@ -109,3 +110,26 @@ def test_split_walk_writes_the_shared_steps_once_and_the_rest_per_family():
         assert per_family[fam] == ["%s/%s" % (name, fam) for name in ORDER[5:]]
     # the same steps in the same order as walk()
     assert [x.split("/")[0] for x in shared + per_family["v4"]] == ORDER
+
+
+def test_the_prefix_sweep_covers_only_levels_it_stops_sooner():
+    """A horizontal-scan level is skipped in unconfirmed prefixes only where the
+    prefix sweep's meter is as wide or wider, with no larger burst, no faster rate
+    and no shorter ban (defaults: the /16 of the web and default tiers)."""
+    p = gp.build_policy({}, user_exists=lambda name: True)
+    v4, v6 = gc.FAMILIES
+    hs = p["horizontal_scan"]
+    covered = dict(((tier, length), gc.psweep_covers(p, v4, length, hosts))
+                   for tier in ("strict", "default", "web")
+                   for length, hosts in zip(hs["prefixes_v4"], hs["hosts_" + tier]) if hosts)
+    assert covered == {("strict", 24): False, ("strict", 16): False, ("default", 24): False,
+                       ("default", 16): True, ("web", 16): True}
+    assert gc.psweep_covers(p, v6, 32, 256) and not gc.psweep_covers(p, v6, 48, 32)
+    assert not gc.psweep_covers(p, v4, 16, 95)             # burst 96 is larger
+    assert not gc.psweep_covers(p, v4, 8, 256)             # the sweep's /16 is narrower than a /8
+    slow = gp.build_policy({"horizontal_scan": {"hosts_default": [32, 100]}}, user_exists=lambda name: True)
+    assert not gc.psweep_covers(slow, v4, 16, 100)         # 12/minute over 600 s is 120 > 100
+    short = gp.build_policy({"prefix_sweep": {"ban_time": 60}}, user_exists=lambda name: True)
+    assert not gc.psweep_covers(short, v4, 16, 256)
+    off = gp.build_policy({"prefix_sweep": {"burst": [0, 0]}}, user_exists=lambda name: True)
+    assert not gc.psweep_covers(off, v4, 16, 256)

@@ -45,15 +45,44 @@ def test_owner_and_loopback_are_excluded_first():
 
 def test_every_ban_set_is_checked_before_detection():
     p, text = render(allow=["198.51.100.0/28"], deny=["203.0.113.0/24"])
-    for fam in ("v4", "v6"):
+    for fam, banned in (("v4", "ip daddr & 255.255.0.0 @banned_v4_16"), ("v6", "ip6 daddr & ffff:ffff:: @banned_v6_32")):
         guard = text.split("chain guard_%s {" % fam, 1)[1].split("\n\t}", 1)[0]
+        bans = text.split("chain bans_%s {" % fam, 1)[1].split("\n\t}", 1)[0]
+        names = [name for name, _typ, _key, _det, _ban in gn.ban_sets(p) if "_%s_" % fam in name]
+        assert len(names) == 6
         for name, _typ, key, det, _ban in gn.ban_sets(p):
-            if "_%s_" % fam in name:
-                assert "%s @%s counter name blocked_%s reject with tcp reset" % (key, name, det) in guard
-        assert guard.index("@relays_%s" % fam) < guard.index("@optout_%s" % fam) < guard.index("@ban_") \
-            < guard.index("goto detect_%s" % fam)
+            if name in names:
+                assert "%s @%s counter name blocked_%s reject with tcp reset" % (key, name, det) in bans
+        assert len(bans.strip().splitlines()) == len(names)
+        # one lookup of the destination's /16 (/32) stands for all ban lookups
+        assert guard.index("@relays_%s" % fam) < guard.index("@optout_%s" % fam) \
+            < guard.index("%s jump bans_%s" % (banned, fam)) < guard.index("goto detect_%s" % fam)
+        assert "@ban_" not in guard
     guard = text.split("chain guard_v4 {", 1)[1].split("\n\t}", 1)[0]
-    assert guard.index("@allow_v4") < guard.index("@deny_v4") < guard.index("@ban_")
+    assert guard.index("@allow_v4") < guard.index("@deny_v4") < guard.index("@banned_")
+
+
+def test_every_ban_refreshes_its_prefix_in_the_prefilter_for_its_longest_ban_time():
+    """A ban is looked up only if its destination's /16 (IPv6 /32) is in banned_*;
+    each rule that adds a ban puts that prefix there for as long as the longest ban."""
+    p, text = render(flood={"ban_time": 900}, prefix_sweep={"ban_time": 60})
+    assert "set banned_v4_16 { type ipv4_addr; size 262144; flags dynamic, timeout; timeout 900s; }" in text
+    assert "set banned_v6_32 { type ipv6_addr; size 262144; flags dynamic, timeout; timeout 900s; }" in text
+    adds = [line.strip() for line in text.splitlines() if " add @ban_" in " " + line.strip()]
+    assert len(adds) == len(gn.ban_sets(p)) + 4  # one per hit chain, and failed_out/failed_in per family
+    for line in adds:
+        fam = "v4" if "_v4_" in line else "v6"
+        want = "update @banned_v4_16 { ip %s & 255.255.0.0 }" if fam == "v4" \
+            else "update @banned_v6_32 { ip6 %s & ffff:ffff:: }"
+        direction = "saddr" if "ip saddr" in line or "ip6 saddr" in line else "daddr"
+        assert want % direction in line, line
+    for name, _typ, _key, _det, _ban in gn.ban_sets(p):
+        assert "add @%s " % name in text
+    # with the widest ban a /24 (no /16 levels), the prefilter is the /24
+    _p, narrow = render(horizontal_scan={"prefixes_v4": [24], "prefixes_v6": [48], "hosts_strict": [16],
+                                         "hosts_default": [32], "hosts_web": [0]},
+                        prefix_sweep={"prefixes_v4": [22], "prefixes_v6": [48], "burst": [96], "rate": [12]})
+    assert "ip daddr & 255.255.252.0 @banned_v4_22 jump bans_v4" in narrow
 
 
 def test_each_family_gets_its_own_chain_and_empty_static_lists_no_rule():
@@ -153,10 +182,18 @@ def test_repeated_logins_are_counted_on_repeats_of_strict_ports_and_ban_host_and
 def test_prefix_sweep_limits_first_contacts_of_unconfirmed_prefixes_and_counts_failures():
     _p, text = render()
     scan = text.split("chain scan_v4 {", 1)[1].split("\n\t}", 1)[0]
-    assert "ip daddr & 255.255.252.0 != @confirm_v4 jump psweep_v4" in scan
-    psweep = text.split("chain psweep_v4 {", 1)[1].split("\n\t}", 1)[0]
-    assert psweep.strip() == ("update @psweep_v4_16 { ip daddr & 255.255.0.0 . tcp dport limit rate over "
-                              "12/minute burst 96 packets } goto psweep_hit_v4_16")
+    assert "ip daddr & 255.255.252.0 != @confirm_v4 goto psweep_v4" in scan
+    psweep = text.split("chain psweep_v4 {", 1)[1].split("\n\t}", 1)[0].strip().splitlines()
+    assert psweep[0].strip() == ("update @psweep_v4_16 { ip daddr & 255.255.0.0 . tcp dport limit rate over "
+                                 "12/minute burst 96 packets } goto psweep_hit_v4_16")
+    # then the port tiers, without the /16 levels of web and default that the sweep's meter covers
+    assert "22 : goto hscan_strict_v4," in psweep[1] and "443 : goto hscan_web_v4_unconfirmed" in psweep[1]
+    assert psweep[2].strip() == "goto hscan_default_v4_unconfirmed"
+    default = text.split("chain hscan_default_v4_unconfirmed {", 1)[1].split("\n\t}", 1)[0]
+    assert "@hscan_default_v4_24 " in default and "@hscan_default_v4_16" not in default
+    web = text.split("chain hscan_web_v4_unconfirmed {", 1)[1].split("\n\t}", 1)[0]
+    assert "update" not in web
+    assert "@hscan_default_v4_16 " in text.split("chain hscan_default_v4 {", 1)[1].split("\n\t}", 1)[0]
     # reply data confirms the /22 once per connection; a RST before data is a failure
     inp = text.split("chain input {", 1)[1].split("\n\t}", 1)[0]
     assert "ct mark & 0x50000000 != 0x40000000 return" in inp.splitlines()[2]
