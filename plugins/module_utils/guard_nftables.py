@@ -145,7 +145,7 @@ def _step(p, verdict, step, fam):
         return ["%s @%s_%s counter name %s %s" % (expr, name, fam.name, step.counter, verdict)]
     if name == "bans":
         banned, key, _timeout = banned_set(p, fam)
-        return ["%s @%s jump bans_%s" % (key, banned, fam.name)]
+        return ["%s @%s goto bans_%s" % (key, banned, fam.name)]
     raise ValueError("no nftables rule for step %r" % name)
 
 
@@ -265,6 +265,7 @@ def render(policy, digest):
         add("\tchain bans_%s {" % fam)
         L += ["\t\t%s @%s counter name blocked_%s %s" % (key, ban, det, verdict)
               for ban, _typ, key, det, _time in ban_sets(p) if ban.split("_")[2] == fam]
+        add("\t\tgoto detect_%s" % fam)
         add("\t}")
     if psweep_on:
         _render_failures(add, p)

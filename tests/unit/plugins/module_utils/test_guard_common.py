@@ -24,7 +24,7 @@ NFT_MARKS = {
     "protocol": "meta l4proto != tcp return", "ct_new": "ct state != new", "owner": "meta skuid",
     "loopback": 'oif "lo"', "guarded": "counter name guarded_new", "allow": "@allow_",
     "relays": "@relays_", "deny": "@deny_v", "deny_port": "@deny_port_", "optout": "@optout_",
-    "bans": " jump bans_", "detect": "goto detect_",
+    "bans": " goto bans_", "detect": "goto detect_",
 }
 XT_MARKS = {
     "protocol": "! -p tcp -j RETURN", "ct_new": "--ctstate NEW", "owner": "--uid-owner",
