@@ -180,6 +180,10 @@ options:
       - Distinct hosts of one prefix contacted on one port within O(scan_window).
         Each threshold list has one value per prefix level; 0 disables a level,
         1000000 is the largest threshold.
+      - A level that O(prefix_sweep) stops sooner (one of its levels as wide or
+        wider, with a burst no larger, a rate no faster and a ban no shorter; by
+        default the /16 of the web and default tiers) counts only first contacts
+        into prefixes that sent reply data lately.
     type: dict
     suboptions:
       prefixes_v4:

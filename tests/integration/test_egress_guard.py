@@ -113,6 +113,12 @@ def test_sweep_is_stopped_while_uploads_and_other_hosts_pass(lab):
     assert changed["changed"] is True
     assert "198.18.0.0 . 22" in nft(lab, "list", "set", "inet", "torexit_guard", "ban_hscan_v4_16").stdout
     assert probe(lab, [["198.18.200.1", 22]])["refused"] == 1
+    # a longer flood ban re-creates the prefilter of banned /16s (another timeout): it is
+    # filled from the current bans, and the ban keeps refusing
+    assert ansible_module(lab.relay, GUARD, dict(BASE, vertical_scan={"ports": 64}, flood={"ban_time": 900}))["changed"]
+    assert "timeout 15m" in nft(lab, "list", "set", "inet", "torexit_guard", "banned_v4_16").stdout
+    assert "198.18.0.0 timeout" in nft(lab, "list", "set", "inet", "torexit_guard", "banned_v4_16").stdout
+    assert probe(lab, [["198.18.201.1", 22]])["refused"] == 1
 
 
 def assert_monitor_mode_counts_but_blocks_nothing(lab, base, info_args):
