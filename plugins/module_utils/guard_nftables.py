@@ -7,7 +7,8 @@
 `inet torexit_guard`; its `output` chain and the family chains it hands each
 packet to (`guard_v4`, `guard_v6`, one verdict-map lookup) are the one place
 where the fate of a new outbound connection is decided, in the order of
-guard_common.DECISION_ORDER. The file replaces the table atomically
+guard_common.DECISION_ORDER (the ban lookups sit in `bans_v4`, `bans_v6`, which
+a destination reaches only when its prefix holds a ban: see banned_set). The file replaces the table atomically
 (`nft -f`), so other tables (ufw, iptables-nft, Docker) are never touched.
 """
 
