@@ -85,12 +85,9 @@ def main():
     client = os.path.join(work, "client")
     os.makedirs(client, mode=0o700, exist_ok=True)
     torrc = os.path.join(client, "torrc")
-    # LearnCircuitBuildTimeout 0: a loaded lab machine must not teach the client a timeout
-    # so short that it drops its own circuits
     write(torrc, common + "Nickname democlient\nDataDirectory %s\nLog notice file %s\n"
-          "SocksPort 127.0.0.1:%d\nControlPort 127.0.0.1:%d\nUseEntryGuards 0\n"
-          "LearnCircuitBuildTimeout 0\nCircuitBuildTimeout 30\n"
-          % (client, os.path.join(client, "notice.log"), SOCKS_PORT, CONTROL_PORT))
+          "SocksPort 127.0.0.1:%d\nControlPort 127.0.0.1:%d\n"
+          % (client, os.path.join(client, "notice.log"), SOCKS_PORT, CONTROL_PORT) + K.CLIENT)
     start_tor(args.client, torrc, os.path.join(client, "stderr"))
 
     # The relays' side: what makes the tor_exit role's instances join this network. The

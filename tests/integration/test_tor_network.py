@@ -184,14 +184,18 @@ def _exitpolicy_through_tor(net, events, service):
     # Clean circuits the client built ahead while pinned all end at hx, and tor hands
     # them to new users after the unpin: new_circuits() closes them (NEWNYM alone
     # leaves clean circuits), as a fresh client has none.
+    # A client knows exits by their microdescriptors, which carry no address rejects,
+    # so it cannot learn that hx refuses this /24: a user can get circuits ending at hx
+    # on several tries in a row (2 users of 20 on all 4 tries, in 1 run of 4 on a
+    # loaded machine). Tor's path selection, not the guard: at least 18 of 20 users.
     net.unpin()
     net.new_circuits()
     g0, c2 = net.guard_counters(), net.lab.counters()
     users = through(net, sweep(12, 20, start=200), users=True, timeout=15.0, attempts=4)
-    assert users["counts"].get("ok") == 20, users
-    # every user arrived; an attempt the client gave up on (timeout) may have arrived
-    # too, through px, before its retry: more arrivals than users, never fewer
-    assert arrived(net, c2) >= 20
+    assert users["counts"].get("ok", 0) >= 18 and set(users["counts"]) <= {"ok", "timeout", "retried"}, users
+    # every user that got through arrived; an attempt the client gave up on (timeout)
+    # may have arrived too, through px, before its retry: never fewer arrivals
+    assert arrived(net, c2) >= users["counts"]["ok"]
     # and none of them through hx: it opened no connection at all
     assert net.guard_counters()["guarded_new"] == g0["guarded_new"]
 

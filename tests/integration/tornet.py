@@ -266,7 +266,7 @@ class TorNet:
             text += "Nickname %s\nDataDirectory %s\nLog notice file %s\n" % (node.name, node.data, node.log)
             if node.kind == "client":
                 text += "SocksPort 127.0.0.1:%d\nControlPort 127.0.0.1:%d\n" % (SOCKS_PORT, CONTROL_PORT)
-                text += "UseEntryGuards 0\n"
+                text += K.CLIENT
             else:
                 text += "SocksPort 0\nORPort 127.0.0.1:%d\nDirPort 127.0.0.1:%d\n" % (node.orport, node.dirport)
                 text += AUTHORITY if node.kind == "authority" else EXIT
