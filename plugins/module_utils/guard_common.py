@@ -74,6 +74,7 @@ class Family(NamedTuple):
 
 
 FAMILIES = (Family("v4", 4, 32), Family("v6", 6, 128))
+FAMILY = dict((f.name, f) for f in FAMILIES)     # by name: "v4", "v6"
 
 # Sets that hold addresses put there from outside the guard (exit notice, relay
 # refresh) and how many elements they may hold.

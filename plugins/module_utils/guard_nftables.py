@@ -153,10 +153,9 @@ def _step(p, verdict, step, fam):
 def _tier_levels(p, fam, tier, unconfirmed=False):
     """(prefix length, hosts) of a tier's horizontal-scan levels that are on; for
     first contacts into unconfirmed prefixes without those the prefix sweep covers."""
-    famobj = dict((f.name, f) for f in common.FAMILIES)[fam]
     hs = p["horizontal_scan"]
     return [(length, hosts) for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier])
-            if hosts and not (unconfirmed and common.psweep_covers(p, famobj, length, hosts))]
+            if hosts and not (unconfirmed and common.psweep_covers(p, common.FAMILY[fam], length, hosts))]
 
 
 def _tier_chain(p, fam, tier, unconfirmed=False):
@@ -170,10 +169,11 @@ def _tier_chain(p, fam, tier, unconfirmed=False):
 def _tier_map(p, fam, unconfirmed=False):
     """One verdict-map lookup sends a first contact to its port tier's chain (strict,
     web); other ports go on to the default tier."""
-    items = ["%d : goto %s" % (port, _tier_chain(p, fam, "strict", unconfirmed)) for port in p["strict_ports"]]
-    items += ["%d : goto %s" % (port, _tier_chain(p, fam, "web", unconfirmed)) for port in p["web_ports"]]
+    chain = dict((tier, _tier_chain(p, fam, tier, unconfirmed)) for tier in ("strict", "web", "default"))
+    items = ["%d : goto %s" % (port, chain["strict"]) for port in p["strict_ports"]]
+    items += ["%d : goto %s" % (port, chain["web"]) for port in p["web_ports"]]
     rules = ["tcp dport vmap { %s }" % ", ".join(items)] if items else []
-    return rules + ["goto %s" % _tier_chain(p, fam, "default", unconfirmed)]
+    return rules + ["goto %s" % chain["default"]]
 
 
 def render(policy, digest):
@@ -187,7 +187,7 @@ def render(policy, digest):
     tiers = ("strict", "web", "default")
     lg, ws = p["login"], p["wide_scan"]
     psweep_on = any(p["prefix_sweep"]["burst"])
-    fams = dict((f.name, f) for f in common.FAMILIES)
+    fams = common.FAMILY
 
     L = []
     add = L.append

@@ -196,9 +196,8 @@ def _mark(bits, mask=None):
 def _psweep_meters(p, fam):
     """(index, prefix length, hashlimit rate, burst, element lifetime in s) of the
     prefix-sweep levels that are on (the lifetime as guard_nftables keeps a meter's)."""
-    famobj = dict((f.name, f) for f in common.FAMILIES)[fam]
     return [(i, length, "%d/minute" % rate, burst, max(60, -(-burst * 60 // rate) + 60))
-            for i, (length, burst, rate) in enumerate(common.psweep_levels(p, famobj))]
+            for i, (length, burst, rate) in enumerate(common.psweep_levels(p, common.FAMILY[fam]))]
 
 
 def _hl(name, rate, burst, mode, size, expire_s, mask=None):
@@ -308,13 +307,12 @@ def rules(policy, digest, fam, prefix=CHAIN_PREFIX):
     add(scan, "-p tcp -m set --match-set %sstrict_ports dst -g %s" % (S, hs_strict))
     add(scan, "-p tcp -m set --match-set %sweb_ports dst -g %s" % (S, hs_web))
     add(scan, "-p tcp -g %s" % hs_default)
-    famobj = dict((f.name, f) for f in common.FAMILIES)[fam]
     for tier, chain in (("strict", hs_strict), ("web", hs_web), ("default", hs_default)):
         for length, hosts in zip(hs["prefixes_" + fam], hs["hosts_" + tier]):
             if hosts:
                 # a level the prefix sweep covers counts confirmed prefixes only (guard_common.psweep_covers)
                 confirmed = ("-m set --match-set %sconfirm_%s dst " % (S, fam)
-                             if psweep and common.psweep_covers(p, famobj, length, hosts) else "")
+                             if psweep and common.psweep_covers(p, common.FAMILY[fam], length, hosts) else "")
                 add(chain, "-p tcp %s%s -g %s" % (confirmed, _hl(
                     "%shs_%s_%s_%d" % (tag, tier, fam, length), common.rate(hosts, window), hosts,
                     "dstip,dstport", size, window, mask=length), hit[length]))
